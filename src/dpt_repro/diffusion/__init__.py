@@ -1,0 +1,1 @@
+"""Class-conditional diffusion: UNet profiles, the trainer and the guided sampler."""

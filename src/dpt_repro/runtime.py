@@ -1,0 +1,113 @@
+"""Process set-up shared by every stage: threads, allocator, device, seeds, progress display."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from dpt_repro.config import BaseConfig
+from dpt_repro.errors import UserError
+
+log = logging.getLogger("dpt_repro")
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_allocator() -> None:
+    """Keep glibc from mmap/munmap-ing every large activation: 1.5-2x faster CPU training steps."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):
+        pass
+
+
+def setup(base: BaseConfig):
+    """Threads, allocator and device for a stage; returns the torch.device to use."""
+    import torch
+
+    tune_allocator()
+    if base.threads > 0:
+        torch.set_num_threads(base.threads)
+    if base.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("base.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    name = "cuda" if base.device == "auto" and torch.cuda.is_available() else base.device
+    return torch.device("cpu" if name == "auto" else name)
+
+
+def generator(seed: int, *stream: int):
+    """A torch.Generator for one (seed, stream...) tuple: resuming at step k draws what step k drew."""
+    import numpy as np
+    import torch
+
+    state = np.random.SeedSequence([seed, *stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def configure_logging() -> None:
+    """INFO lines from this package only; the libraries (GX, MLflow, DVC) stay at WARNING."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+class Progress:
+    """A rich progress bar on a terminal; one plain log line every `every` seconds otherwise (DVC, CI)."""
+
+    def __init__(self, description: str, total: int, every: float = 30.0):
+        self.description, self.total, self.every = description, total, every
+        self.interactive = sys.stderr.isatty() and os.environ.get("RANK", "0") == "0"
+        self._bar = None
+        self._last = 0.0
+        self._done = 0
+        self.info = ""
+
+    def __enter__(self) -> "Progress":
+        if self.interactive:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                     console=Console(stderr=True))
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.description, total=self.total, info="")
+        self._start = self._last = time.monotonic()
+        return self
+
+    def update(self, advance: int = 1, info: str = "") -> None:
+        self._done += advance
+        self.info = info or self.info
+        if self._bar is not None:
+            self._bar.update(self._task, advance=advance, info=self.info)
+            return
+        now = time.monotonic()
+        if now - self._last >= self.every or self._done >= self.total:
+            self._last = now
+            log.info("%s %d/%d %s (%.0fs)", self.description, self._done, self.total, self.info, now - self._start)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+@contextmanager
+def timed(name: str) -> Iterator[dict]:
+    """Measure a stage's wall time; the caller logs `box['seconds']`."""
+    box: dict = {}
+    start = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box["seconds"] = time.perf_counter() - start
+        log.info("%s took %.1fs", name, box["seconds"])

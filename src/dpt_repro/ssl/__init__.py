@@ -1,0 +1,1 @@
+"""Semi-supervised classification: backbones, the algorithm registry and the shared training loop."""

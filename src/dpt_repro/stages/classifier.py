@@ -1,0 +1,87 @@
+"""What stage 1 and stage 3 share: load the split, train with the shared loop, save, and reload a classifier."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from dpt_repro.config import ClassifierConfig, Config, paths
+from dpt_repro.data.shards import load_split
+from dpt_repro.errors import UserError
+from dpt_repro.runtime import setup
+from dpt_repro.io import atomic_dir, atomic_path, load_weights, read_json, save_weights, write_json
+from dpt_repro.ssl.train import ClassifierData, TrainResult, build_classifier, fingerprint, train_classifier
+from dpt_repro.ssl.train import validate_batch_sizes
+
+
+def real_data(cfg: Config) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Train images, their labels (hidden from training except at labelled indices) and the split."""
+    p = paths(cfg)
+    images, labels = load_split(p.prepared, "train")
+    split = read_json(p.split, f"split for {cfg.run_key}")
+    if len(split["labelled"]) and max(split["labelled"] + split["validation"]) >= len(images):
+        raise UserError(f"split {p.split} indexes past the {len(images)} prepared train images; rerun split")
+    return images, labels, split
+
+
+def classifier_data(images: np.ndarray, labels: np.ndarray, split: dict, extra_x: np.ndarray | None = None,
+                    extra_y: np.ndarray | None = None) -> ClassifierData:
+    """Labelled: the split's labelled images (+ extra, e.g. generated); unlabelled: train minus validation."""
+    lab = np.asarray(split["labelled"], np.int64)
+    val = np.asarray(split["validation"], np.int64)
+    unlabelled = np.setdiff1d(np.arange(len(images)), val)
+    lx, ly = images[lab], labels[lab]
+    if extra_x is not None:
+        lx, ly = np.concatenate([lx, extra_x]), np.concatenate([ly, extra_y])
+    return ClassifierData(lx, ly, images[unlabelled], images[val], labels[val])
+
+
+def train_and_save(cfg: Config, section: str, data: ClassifierData, stream: int, out_dir: Path, run) -> TrainResult:
+    c: ClassifierConfig = getattr(cfg, section)
+    validate_batch_sizes(c, data, section)
+    fp = fingerprint(c, cfg.base.seed, stream, data)
+    ckpt = Path("checkpoints") / section / cfg.run_key / f"{fp}.pt"
+    device = setup(cfg.base)
+    result = train_classifier(c, data, num_classes=cfg.base.num_classes, seed=cfg.base.seed, stream=stream,
+                              device=device, checkpoint=ckpt, description=section,
+                              on_log=lambda step, row: run.metrics(row, step=step))
+    with atomic_dir(out_dir) as tmp:
+        save_weights(tmp / "model.safetensors", result.state_dict)
+        write_json(tmp / "config.json", {
+            "section": section, "classifier": asdict(c), "channels": int(data.labelled_x.shape[3]),
+            "image_size": int(data.labelled_x.shape[1]), "num_classes": cfg.base.num_classes,
+            "weights": "ema", "selection": "best validation accuracy of the EMA weights",
+            "best_step": result.best_step, "best_val_acc": result.best_val_acc, "fingerprint": fp,
+            "labelled_images": int(len(data.labelled_x)), "unlabelled_images": int(len(data.unlabelled_x))})
+        write_csv(tmp / "train_curve.csv", result.curve)
+        write_csv(tmp / "val_curve.csv", result.val_curve)
+    write_csv(paths(cfg).plots / section / "train_curve.csv", result.curve)
+    write_csv(paths(cfg).plots / section / "val_curve.csv", result.val_curve)
+    ckpt.unlink(missing_ok=True)
+    return result
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def load_classifier(model_dir: Path, what: str):
+    """Rebuild a saved classifier from its config.json and safetensors weights."""
+    conf = read_json(Path(model_dir) / "config.json", f"{what} config")
+    c = ClassifierConfig(**conf["classifier"])
+    model = build_classifier(c, conf["channels"], conf["num_classes"], conf["image_size"])
+    try:
+        model.load_state_dict(load_weights(Path(model_dir) / "model.safetensors", f"{what} weights"))
+    except RuntimeError as exc:
+        raise UserError(f"{what} weights in {model_dir} do not match its config ({str(exc).splitlines()[0]})") from None
+    return model.eval(), conf
+

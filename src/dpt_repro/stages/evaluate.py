@@ -1,0 +1,70 @@
+"""evaluate: test top-1 of stage 1 and stage 3 and the DPT gain; FID and KID of the generated images.
+
+This is the only stage that reads the test split. Every FID is written with its protocol beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dpt_repro import tracking
+from dpt_repro.config import Config, paths
+from dpt_repro.data.shards import load_generated, load_manifest, load_split
+from dpt_repro.errors import UserError
+from dpt_repro.io import read_npz, write_json
+from dpt_repro.metrics import fid
+from dpt_repro.metrics.classification import plot_confusion, summary
+from dpt_repro.runtime import setup
+from dpt_repro.ssl.train import predict_proba
+from dpt_repro.stages.classifier import load_classifier
+
+
+def run(cfg: Config, params_file: Path) -> dict:
+    p = paths(cfg)
+    e = cfg.eval
+    device = setup(cfg.base)
+    k = cfg.base.num_classes
+    test_x, test_y = load_split(p.prepared, "test")
+    results = {}
+    for stage, folder in (("stage1", p.stage1), ("stage3", p.stage3)):
+        model, _ = load_classifier(folder, f"{stage} classifier")
+        pred = predict_proba(model.to(device), test_x, cfg.pseudo.batch_size, device).argmax(1)
+        results[stage] = summary(test_y, pred, k)
+
+    if not p.pseudo_labels.is_file():
+        raise UserError(f"missing input: pseudo-labels ({p.pseudo_labels}); run pseudo-label first")
+    table = pd.read_parquet(p.pseudo_labels, columns=["pseudo_label", "true_label"])
+    gen_x, gen_y = load_generated(p.generated)
+    ref = read_npz(p.fid_ref, "FID reference statistics")
+    ref_meta = json.loads(str(ref["meta"]))
+    net = fid.load_inception(device)
+    gen_feats = fid.extract_features(gen_x, net, batch_size=e.batch_size, device=device, resize=e.fid_resize,
+                                     description="fid generated")
+    mu, sigma = fid.statistics(gen_feats)
+    fid_value = fid.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
+    kid_value = fid.kid(gen_feats, ref["features"].astype(np.float64), e.kid_subset_size)
+    metrics = {
+        "top1_stage1": results["stage1"]["accuracy"], "top1_stage3": results["stage3"]["accuracy"],
+        "dpt_gain": results["stage3"]["accuracy"] - results["stage1"]["accuracy"],
+        "pseudo_label_accuracy": float((table.pseudo_label == table.true_label).mean()),
+        "fid": fid_value, "kid": kid_value, "labels_per_class": cfg.base.labels_per_class, "seed": cfg.base.seed,
+        "fid_protocol": {**fid.protocol(e.fid_resize, len(gen_x), f"{cfg.base.dataset} {ref_meta['split']}",
+                                        ref_meta["n"]),
+                         "guidance_scale": cfg.sample.guidance_scale, "weights": "unet_ema",
+                         "sampler_steps": cfg.sample.steps},
+    }
+    write_json(p.metrics / "eval.json", metrics)
+    names = load_manifest(p.prepared)["class_names"]
+    plot_confusion(np.asarray(results["stage3"]["confusion_matrix"]), names, p.plots / "confusion_stage3.png",
+                   f"stage-3 classifier on test, {cfg.run_key}")
+    with tracking.stage_run(cfg, "evaluate", ("eval",), params_file) as run:
+        run.metrics({k_: v for k_, v in metrics.items() if isinstance(v, float)})
+        run.dict(metrics, "eval.json")
+        run.artifact(p.plots / "confusion_stage3.png")
+        if p.samples_png.is_file():
+            run.artifact(p.samples_png)
+    return metrics

@@ -1,0 +1,43 @@
+"""fid-reference: Inception statistics of real images, computed once per dataset split and cached by DVC."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dpt_repro import tracking
+from dpt_repro.config import Config, paths
+from dpt_repro.data.shards import load_manifest, load_split
+from dpt_repro.io import write_npz
+from dpt_repro.metrics import fid
+from dpt_repro.runtime import setup
+
+REFERENCE_SEED = 0  # fixed: the reference must not change with base.seed
+
+
+def reference_indices(n_total: int, n: int) -> np.ndarray:
+    n = min(n, n_total)
+    return np.sort(np.random.default_rng(REFERENCE_SEED).choice(n_total, n, replace=False))
+
+
+def run(cfg: Config, params_file: Path) -> dict:
+    p = paths(cfg)
+    e = cfg.eval
+    device = setup(cfg.base)
+    images, _ = load_split(p.prepared, e.fid_ref_split)
+    idx = reference_indices(len(images), e.fid_ref_images)
+    net = fid.load_inception(device)
+    feats = fid.extract_features(images[idx], net, batch_size=e.batch_size, device=device, resize=e.fid_resize,
+                                 description="fid reference")
+    mu, sigma = fid.statistics(feats)
+    digest = load_manifest(p.prepared)["splits"][e.fid_ref_split]["sha256"]
+    meta = {"dataset": cfg.base.dataset, "split": e.fid_ref_split, "n": int(len(idx)), "resize": e.fid_resize,
+            "network": fid.NETWORK, "weights_sha256": fid.WEIGHTS_SHA256, "data_sha256": digest}
+    write_npz(p.fid_ref, mu=mu, sigma=sigma, features=feats.astype(np.float32), indices=idx,
+              meta=np.array(json.dumps(meta)))
+    with tracking.stage_run(cfg, "fid_reference", ("eval",), params_file) as run:
+        run.metrics({"reference_images": len(idx)})
+        run.dict(meta, "fid_reference.json")
+    return meta

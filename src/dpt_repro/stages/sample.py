@@ -1,0 +1,101 @@
+"""sample: K pseudo images per class from the EMA UNet with guided DPM-Solver++, as `.npz` shards.
+
+Shards are first written to a work folder keyed by the sampling fingerprint, so a killed run (even one that
+DVC restarts, removing the stage's outputs) resumes at the first missing shard; the finished set is then
+moved into `data/generated/<run key>/` in one rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dpt_repro import tracking
+from dpt_repro.config import Config, paths
+from dpt_repro.diffusion.sample import class_plan, guided_sample
+from dpt_repro.errors import UserError
+from dpt_repro.io import atomic_dir, atomic_path, read_json, read_npz, write_json, write_npz
+from dpt_repro.runtime import Progress, setup
+
+log = logging.getLogger("dpt_repro")
+
+
+def load_generator(model_dir: Path):
+    from diffusers import UNet2DModel
+
+    if not (model_dir / "unet_ema" / "config.json").is_file():
+        raise UserError(f"missing input: stage-2 EMA UNet ({model_dir / 'unet_ema'}); run stage2 first")
+    unet = UNet2DModel.from_pretrained(str(model_dir / "unet_ema")).eval()
+    scheduler_config = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
+    training = read_json(model_dir / "training.json", "stage-2 training record")
+    return unet, scheduler_config, training
+
+
+def save_grid(images: np.ndarray, labels: np.ndarray, num_classes: int, per_row: int, path: Path) -> None:
+    """A class-per-row grid of the first `per_row` images of each class."""
+    from PIL import Image
+
+    h, w, c = images.shape[1:]
+    grid = np.full((num_classes * (h + 2), per_row * (w + 2), c), 255, np.uint8)
+    for k in range(num_classes):
+        for j, img in enumerate(images[labels == k][:per_row]):
+            grid[k * (h + 2) + 1:k * (h + 2) + 1 + h, j * (w + 2) + 1:j * (w + 2) + 1 + w] = img
+    grid = grid[..., 0] if c == 1 else grid
+    big = Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        big.save(tmp, format="PNG")
+
+
+def run(cfg: Config, params_file: Path) -> dict:
+    p = paths(cfg)
+    s = cfg.sample
+    device = setup(cfg.base)
+    unet, scheduler_config, training = load_generator(p.stage2)
+    unet.to(device)
+    k = cfg.base.num_classes
+    labels, index, seeds = class_plan(k, s.images_per_class, cfg.base.seed)
+    fp = hashlib.sha256(json.dumps({"sample": asdict(s), "seed": cfg.base.seed, "model": training["fingerprint"]},
+                                   sort_keys=True).encode()).hexdigest()[:16]
+    work = Path("checkpoints") / "sample" / cfg.run_key / fp
+    work.mkdir(parents=True, exist_ok=True)
+    starts = list(range(0, len(labels), s.shard_size))
+    names = [f"shard-{i:03d}.npz" for i in range(len(starts))]
+    with tracking.stage_run(cfg, "sample", ("sample",), params_file) as run, \
+            Progress("sample", len(labels)) as bar:
+        for name, start in zip(names, starts):
+            end = min(start + s.shard_size, len(labels))
+            if (work / name).is_file():
+                bar.update(end - start, f"{name} (resumed)")
+                continue
+            parts = []
+            for b in range(start, end, s.batch_size):
+                e = min(b + s.batch_size, end)
+                parts.append(guided_sample(unet, scheduler_config, torch.from_numpy(labels[b:e]),
+                                           seeds[b:e].tolist(), guidance_scale=s.guidance_scale, steps=s.steps,
+                                           null_class=training["null_class"], device=device))
+                bar.update(e - b)
+            write_npz(work / name, images=np.concatenate(parts), labels=labels[start:end],
+                      index=index[start:end], seeds=seeds[start:end])
+        shards = [read_npz(work / name, "generated shard") for name in names]
+        images = np.concatenate([x["images"] for x in shards])
+        manifest = {"shards": names, "count": int(len(labels)), "images_per_class": s.images_per_class,
+                    "guidance_scale": s.guidance_scale, "guidance_convention": "uncond + w * (cond - uncond)",
+                    "sampler": f"DPMSolverMultistep dpmsolver++ order 2, {s.steps} steps", "weights": "unet_ema",
+                    "seed_rule": "SeedSequence([base.seed, class, index])", "fingerprint": fp}
+        with atomic_dir(p.generated) as tmp:
+            for name in names:
+                shutil.copyfile(work / name, tmp / name)
+            write_json(tmp / "manifest.json", manifest)
+        save_grid(images, labels, k, min(10, s.images_per_class), p.samples_png)
+        run.metrics({"generated_images": len(labels)})
+        run.artifact(p.samples_png)
+        run.dict(manifest, "generated_manifest.json")
+    shutil.rmtree(work, ignore_errors=True)
+    return manifest

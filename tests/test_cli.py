@@ -1,0 +1,85 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dpt_repro.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["prepare", "split", "stage1", "pseudo-label", "validate", "stage2", "sample", "fid-reference", "stage3",
+          "evaluate"]
+runner = CliRunner()
+
+
+def test_help_lists_every_stage_without_importing_heavy_libraries():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for stage in STAGES:
+        assert stage in result.output
+    code = ("import sys, dpt_repro.cli; heavy = {'torch', 'mlflow', 'great_expectations', 'diffusers', 'dvc'};"
+            "print(sorted(heavy & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def one_error_line(result):
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["split", "--labels-per-class", "0"], "base.labels_per_class must be at least 1, got 0"),
+    (["split", "--labels-per-class", "-2"], "got -2"),
+    (["prepare", "-S", "base.dataset=cifar100"], "unknown dataset 'cifar100'"),
+    (["stage1", "--params", "missing.yaml"], "params file not found: missing.yaml"),
+    (["stage2", "--labels-per-class", "1"], "missing input"),
+    (["sample"], "missing input: stage-2 EMA UNet"),
+    (["evaluate"], "missing input"),
+])
+def test_user_mistakes_give_one_line_and_exit_code_2(workdir, args, needle):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert needle in one_error_line(result)
+    assert not (workdir / "models").exists() and not (workdir / "data" / "generated").exists()
+
+
+def test_labels_above_what_a_class_has_is_refused(workdir):
+    images = np.zeros((40, 28, 28, 1), np.uint8)
+    labels = np.repeat(np.arange(10), 4)
+    np.savez(workdir / "tiny.npz", images=images, labels=labels, test_images=images, test_labels=labels)
+    common = ["-S", "base.dataset=npz", "-S", "base.data_path=tiny.npz", "-S", "base.val_per_class=1"]
+    assert runner.invoke(app, ["prepare", *common]).exit_code == 0
+    result = runner.invoke(app, ["split", "--labels-per-class", "4", *common])
+    assert result.exit_code == 2
+    assert "labels_per_class 4 plus base.val_per_class 1 is above what class 0 has (4 images)" in one_error_line(result)
+    assert not (workdir / "data" / "splits").exists()
+
+
+def test_malformed_params_file(workdir):
+    (workdir / "params.yaml").write_text("base:\n  seed: [1,\n")
+    result = runner.invoke(app, ["split"])
+    assert result.exit_code == 2
+    assert "not valid YAML" in one_error_line(result)
+
+
+def test_profile_overlays_params(workdir):
+    (workdir / "configs").mkdir()
+    (workdir / "configs" / "quick.yaml").write_text("stage1:\n  steps: 7\n")
+    result = runner.invoke(app, ["profile", "quick", "-o", "params-quick.yaml"])
+    assert result.exit_code == 0, result.output
+    from dpt_repro.config import load_config
+
+    assert load_config(workdir / "params-quick.yaml").stage1.steps == 7
+    assert load_config(workdir / "params.yaml").stage1.steps != 7

@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+
+from dpt_repro.config import load_config, merge_profile, paths, read_params_file
+from dpt_repro.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text):
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_default_params_load_and_every_profile_merges():
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.base.dataset == "fashion-mnist"
+    assert cfg.run_key == "lpc1-seed0"
+    for profile in (ROOT / "configs").glob("*.yaml"):
+        merged = merge_profile(read_params_file(ROOT / "params.yaml"), read_params_file(profile))
+        assert set(merged) >= {"base", "stage1", "stage2", "sample", "stage3", "eval"}
+
+
+def test_overrides_and_paths_follow_the_run_key():
+    cfg = load_config(ROOT / "params.yaml", ["base.labels_per_class=5", "base.seed=2", "sample.guidance_scale=3"])
+    assert cfg.sample.guidance_scale == 3.0
+    p = paths(cfg)
+    assert p.stage2.as_posix() == "models/stage2/lpc5-seed2"
+    assert p.split.as_posix() == "data/splits/lpc5-seed2/split.json"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("base:\n  labels_per_class: 0\n", "base.labels_per_class must be at least 1, got 0"),
+    ("base:\n  labels_per_class: -3\n", "got -3"),
+    ("base:\n  dataset: cifar100\n", "unknown dataset 'cifar100'"),
+    ("base:\n  seed: 'abc'\n", "'base.seed' must be int, got 'abc'"),
+    ("base:\n  colour: red\n", "unknown key 'base.colour'"),
+    ("stage1:\n  threshold: 1.5\n", "stage1.threshold must be in (0, 1), got 1.5"),
+    ("stage1:\n  mu: 0\n", "stage1.mu must be at least 1, got 0"),
+    ("sample:\n  guidance_scale: -1\n", "sample.guidance_scale must be at least 0"),
+    ("sample:\n  steps: 0\n", "sample.steps must be at least 1"),
+    ("base: [1, 2\n", "not valid YAML"),
+    ("- a\n- b\n", "must hold a mapping"),
+    ("stage2:\n  prediction_type: x0\n", "unknown 'x0'"),
+])
+def test_bad_params_name_the_key_and_value(tmp_path, text, needle):
+    with pytest.raises(UserError) as err:
+        load_config(write(tmp_path, text))
+    assert needle in str(err.value)
+
+
+def test_bad_override_syntax(tmp_path):
+    with pytest.raises(UserError, match="expected section.key=value"):
+        load_config(write(tmp_path, "{}\n"), ["labels_per_class=1"])
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(UserError, match="params file not found"):
+        load_config(tmp_path / "nope.yaml")

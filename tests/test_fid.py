@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+import torch
+
+from dpt_repro.metrics import fid
+
+
+@pytest.fixture(scope="module")
+def net():
+    return fid.load_inception(torch.device("cpu"))
+
+
+def real_like(n, seed, shift=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 120, size=(n, 28, 28, 1)).astype(np.int16)
+    x[:, 8:20, 8:20] += 100
+    return np.clip(x + shift, 0, 255).astype(np.uint8)
+
+
+def test_frechet_distance_matches_clean_fid():
+    from cleanfid.fid import frechet_distance as reference
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 16)), rng.normal(0.3, 1.2, size=(300, 16))
+    mu1, s1 = fid.statistics(a)
+    mu2, s2 = fid.statistics(b)
+    assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference(mu1, s1, mu2, s2), rel=1e-6)
+    assert fid.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fid_is_near_zero_for_identical_sets_and_large_for_shifted(net):
+    a = real_like(24, 0)
+    fa = fid.extract_features(a, net, batch_size=12, device=torch.device("cpu"))
+    assert fa.shape == (24, 2048)
+    fb = fid.extract_features(real_like(24, 0, shift=-120), net, batch_size=12, device=torch.device("cpu"))
+    fc = fid.extract_features(real_like(24, 1), net, batch_size=12, device=torch.device("cpu"))
+    same = fid.frechet_distance(*fid.statistics(fa), *fid.statistics(fa))
+    near = fid.frechet_distance(*fid.statistics(fa), *fid.statistics(fc))
+    far = fid.frechet_distance(*fid.statistics(fa), *fid.statistics(fb))
+    assert abs(same) < 1e-3
+    assert far > 2 * near > 0
+    assert fid.kid(fa, fb, 24) > fid.kid(fa, fc, 24)
+
+
+def test_weights_are_checked_against_their_hash():
+    assert fid.weights_path().name == "default_1.pt"
+    proto = fid.protocol("clean", 10, "fashion-mnist train", 20)
+    assert proto["weights_sha256"] == fid.WEIGHTS_SHA256 and proto["n_generated"] == 10
