@@ -45,8 +45,9 @@ class PrepareConfig:
 class ClassifierConfig:
     """Stage 1 and stage 3 share this section's shape: one training loop, two data mixes."""
 
-    algorithm: str = "fixmatch"
+    algorithm: str = "freematch"
     backbone: str = "cnn"
+    pretrained: bool = False  # timm backbones only; needs network access or a local Hugging Face cache
     steps: int = 1500
     batch_size: int = 32
     mu: int = 7
@@ -83,7 +84,7 @@ class DiffusionConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     label_dropout: float = 0.1
-    prediction_type: str = "epsilon"
+    prediction_type: str = "v_prediction"
     beta_schedule: str = "squaredcos_cap_v2"
     num_train_timesteps: int = 1000
     grad_accum: int = 1

@@ -3,7 +3,8 @@
 Per-image RandAugment through PIL costs ~0.1 ms per op per image on CPU; here every image still draws its own
 operations and magnitudes, but all images are transformed together: the geometric ops are fused into one
 affine `grid_sample`, the colour ops are masked elementwise blends. Randomness comes only from the generator
-passed in, so a resumed run draws exactly what an uninterrupted one would.
+passed in, so a resumed run draws exactly what an uninterrupted one would. Random parameters are drawn on
+the CPU and moved to the images' device, so a GPU run draws the same augmentations as a CPU run.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _sign(n: int, g: torch.Generator) -> torch.Tensor:
 
 
 def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -51,14 +52,14 @@ def weak(x: torch.Tensor, g: torch.Generator, flip: bool = True, pad: float = 0.
 
 def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """a*(1-f) + b*f with a per-image factor, clamped to the image range (PIL ImageEnhance semantics)."""
-    f = factor.view(-1, 1, 1, 1)
+    f = factor.to(a.device).view(-1, 1, 1, 1)
     return (b * f + a * (1 - f)).clamp(0, 1)
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True).expand_as(x)
 
 
@@ -66,7 +67,7 @@ def _equalize(x: torch.Tensor) -> torch.Tensor:
     """Histogram equalisation per image and channel via the rank of each pixel (a batched CDF)."""
     n, c, h, w = x.shape
     q = (x * 255).round().long().view(n * c, h * w)
-    hist = torch.zeros(n * c, 256).scatter_add_(1, q, torch.ones_like(q, dtype=torch.float))
+    hist = torch.zeros(n * c, 256, device=x.device).scatter_add_(1, q, torch.ones_like(q, dtype=torch.float))
     cdf = hist.cumsum(1)
     cdf_min = torch.where(hist > 0, cdf, torch.full_like(cdf, float(h * w))).min(1, keepdim=True).values
     lut = ((cdf - cdf_min) / (h * w - cdf_min).clamp(min=1)).clamp(0, 1)
@@ -76,6 +77,7 @@ def _equalize(x: torch.Tensor) -> torch.Tensor:
 def _colour(name: str, x: torch.Tensor, m: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """One colour op on the whole batch, magnitude m in [0, 1] per image."""
     n = len(x)
+    m = m.to(x.device)
     if name == "identity":
         return x
     if name == "autocontrast":
@@ -91,7 +93,7 @@ def _colour(name: str, x: torch.Tensor, m: torch.Tensor, g: torch.Generator) -> 
         if name == "contrast":
             mean = _grey(x).mean(dim=(1, 2, 3), keepdim=True)
             return _blend(mean.expand_as(x), x, factor)
-        kernel = torch.tensor([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=x.dtype) / 13
+        kernel = torch.tensor([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=x.dtype, device=x.device) / 13
         kernel = kernel.view(1, 1, 3, 3).repeat(x.shape[1], 1, 1, 1)
         smooth = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
         return _blend(smooth, x, factor)
@@ -136,11 +138,11 @@ def _geometric_theta(ops: torch.Tensor, size: int, g: torch.Generator) -> torch.
 def cutout(x: torch.Tensor, g: torch.Generator, max_frac: float = 0.5, fill: float = 0.5) -> torch.Tensor:
     """One square hole per image, side up to `max_frac` of the image, at a random centre."""
     n, _, h, w = x.shape
-    side = (torch.rand(n, generator=g) * max_frac * min(h, w)).round().clamp(min=1).view(-1, 1, 1)
-    cy = torch.randint(0, h, (n, 1, 1), generator=g)
-    cx = torch.randint(0, w, (n, 1, 1), generator=g)
-    ys = torch.arange(h).view(1, h, 1)
-    xs = torch.arange(w).view(1, 1, w)
+    side = (torch.rand(n, generator=g) * max_frac * min(h, w)).round().clamp(min=1).view(-1, 1, 1).to(x.device)
+    cy = torch.randint(0, h, (n, 1, 1), generator=g).to(x.device)
+    cx = torch.randint(0, w, (n, 1, 1), generator=g).to(x.device)
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
     hole = ((ys - cy).abs() * 2 < side) & ((xs - cx).abs() * 2 < side)
     return torch.where(hole.unsqueeze(1), torch.full_like(x, fill), x)
 
@@ -158,5 +160,5 @@ def strong(x: torch.Tensor, g: torch.Generator, num_ops: int = 2, flip: bool = T
         if not on.any():
             continue
         m = _uniform(n, 0, 1, g)
-        x = torch.where(on.view(-1, 1, 1, 1), _colour(name, x, m, g), x)
+        x = torch.where(on.to(x.device).view(-1, 1, 1, 1), _colour(name, x, m, g), x)
     return cutout(x, g)

@@ -115,6 +115,8 @@ class FreeMatch(FixMatch):
 
     def update_state(self, probs: torch.Tensor) -> None:
         m = self.momentum
+        self.time_p, self.p_model, self.label_hist = (t.to(probs.device) for t in
+                                                      (self.time_p, self.p_model, self.label_hist))
         conf, pseudo = probs.max(-1)
         hist = torch.bincount(pseudo, minlength=self.num_classes).float()
         self.time_p = m * self.time_p + (1 - m) * conf.mean()

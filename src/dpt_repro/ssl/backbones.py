@@ -81,16 +81,20 @@ class WideResNet(nn.Module):
 class TimmBackbone(nn.Module):
     """Any timm model by name, trained from scratch unless the user asks for pretrained weights."""
 
-    def __init__(self, name: str, in_channels: int, num_classes: int, image_size: int):
+    def __init__(self, name: str, in_channels: int, num_classes: int, image_size: int, pretrained: bool = False):
         super().__init__()
         import timm
 
+        if name not in timm.list_models():
+            raise UserError(f"unknown timm model {name!r} (see timm.list_models())")
         kwargs = {"img_size": image_size} if "vit" in name or "deit" in name else {}
         try:
-            self.net = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels,
+            self.net = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels,
                                          **kwargs)
-        except RuntimeError as exc:
-            raise UserError(f"stage backbone 'timm:{name}': {exc}") from None
+        except Exception as exc:  # offline hub lookups raise several error types
+            raise UserError(f"backbone 'timm:{name}' (pretrained={pretrained}) could not be built: "
+                            f"{type(exc).__name__}; pretrained weights need network access or a local "
+                            "Hugging Face cache") from None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
@@ -102,11 +106,12 @@ class TimmBackbone(nn.Module):
 BACKBONES = ("cnn", "wrn28_2", "timm:<model name>")
 
 
-def build_backbone(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+def build_backbone(name: str, in_channels: int, num_classes: int, image_size: int,
+                   pretrained: bool = False) -> nn.Module:
     if name == "cnn":
         return CompactCNN(in_channels, num_classes)
     if name == "wrn28_2":
         return WideResNet(in_channels, num_classes, 28, 2)
     if name.startswith("timm:") and len(name) > 5:
-        return TimmBackbone(name[5:], in_channels, num_classes, image_size)
+        return TimmBackbone(name[5:], in_channels, num_classes, image_size, pretrained)
     raise UserError(f"unknown backbone {name!r} (valid: {', '.join(BACKBONES)})")

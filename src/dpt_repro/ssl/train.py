@@ -68,7 +68,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def build_classifier(cfg: ClassifierConfig, channels: int, num_classes: int, image_size: int) -> nn.Module:
-    return build_backbone(cfg.backbone, channels, num_classes, image_size)
+    return build_backbone(cfg.backbone, channels, num_classes, image_size, cfg.pretrained)
 
 
 @torch.inference_mode()
@@ -131,8 +131,8 @@ def train_classifier(cfg: ClassifierConfig, data: ClassifierData, *, num_classes
         p.requires_grad_(False)
     opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
-    xl, yl = to_float(data.labelled_x), torch.from_numpy(data.labelled_y)
-    xu = to_float(data.unlabelled_x) if algo.uses_unlabelled else None
+    xl, yl = to_float(data.labelled_x).to(device), torch.from_numpy(data.labelled_y).to(device)
+    xu = to_float(data.unlabelled_x).to(device) if algo.uses_unlabelled else None
     n_u = cfg.mu * cfg.batch_size
     result = TrainResult(state_dict={}, best_step=-1, best_val_acc=-1.0)
     start = 0
@@ -158,15 +158,15 @@ def train_classifier(cfg: ClassifierConfig, data: ClassifierData, *, num_classes
             lr = cfg.lr * math.cos(7 * math.pi * step / (16 * cfg.steps))
             for group in opt.param_groups:
                 group["lr"] = lr
-            idx_l = torch.randint(len(xl), (cfg.batch_size,), generator=g)
+            idx_l = torch.randint(len(xl), (cfg.batch_size,), generator=g).to(device)
             views = [augment.weak(xl[idx_l], g)]
             if xu is not None:
-                u = xu[torch.randint(len(xu), (n_u,), generator=g)]
+                u = xu[torch.randint(len(xu), (n_u,), generator=g).to(device)]
                 views += [augment.weak(u, g), augment.strong(u, g)]
-            logits = model(normalize(torch.cat(views)).to(device))
+            logits = model(normalize(torch.cat(views)))
             logits_x = logits[:cfg.batch_size]
             logits_w, logits_s = (logits[cfg.batch_size:].chunk(2) if xu is not None else (None, None))
-            loss, stats = algo.loss(logits_x, yl[idx_l].to(device), logits_w, logits_s)
+            loss, stats = algo.loss(logits_x, yl[idx_l], logits_w, logits_s)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
