@@ -15,14 +15,16 @@ python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.
 python3 benchmarks/stage1_step_rate.py --device cuda --batch 64 --mu 7 --steps 40 | tee "$out/step_rate.md"
 python3 benchmarks/stage1_step_rate.py --device cuda --batch 64 --mu 7 --steps 20 --backbone wrn28_2 --size 32 \
   | tail -n 1 | tee -a "$out/step_rate.md"
-profile=(-S stage1.steps=4000 -S stage1.batch_size=10 -S stage1.mu=14 -S stage1.ema_decay=0.999 -S stage1.eval_every=500)
+long=(-S stage1.steps=4000 -S stage1.batch_size=10 -S stage1.mu=14 -S stage1.ema_decay=0.999 -S stage1.eval_every=500)
 for algorithm in supervised fixmatch freematch; do
   for lpc in 1 2 5; do
     timeout "$deadline" python3 benchmarks/stage1_grid.py --algorithms $algorithm --lpc $lpc --seeds 0,1,2 \
-      "${profile[@]}" --out "$logs/grid-$algorithm-$lpc.json" > "$logs/log-$algorithm-$lpc.txt" 2>&1 &
+      --tag long "${long[@]}" --out "$logs/long-$algorithm-$lpc.json" > "$logs/log-long-$algorithm-$lpc.txt" 2>&1 &
+    timeout "$deadline" python3 benchmarks/stage1_grid.py --algorithms $algorithm --lpc $lpc --seeds 0,1,2 \
+      --tag default --out "$logs/default-$algorithm-$lpc.json" > "$logs/log-default-$algorithm-$lpc.txt" 2>&1 &
   done
 done
-timeout "$deadline" python3 benchmarks/stage1_grid.py --full-supervision --seeds 0 -S stage1.steps=4000 \
+timeout "$deadline" python3 benchmarks/stage1_grid.py --full-supervision --seeds 0 --tag full -S stage1.steps=4000 \
   -S stage1.batch_size=128 -S stage1.eval_every=500 -S stage1.ema_decay=0.999 \
   --out "$logs/grid-full.json" > "$logs/log-full.txt" 2>&1 &
 wait

@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--full-supervision", action="store_true", help="train on every train label (reference)")
     ap.add_argument("-S", "--set", action="append", default=[], help="section.key=value override")
+    ap.add_argument("--tag", default="default", help="profile name recorded in every row")
     ap.add_argument("--out", default="reports/stage1_grid.json")
     args = ap.parse_args()
 
@@ -68,7 +69,7 @@ def main() -> int:
             model = build_classifier(c, images.shape[3], cfg.base.num_classes, images.shape[1])
             model.load_state_dict(result.state_dict)
             top1 = accuracy(model.to(device), test_x, test_y, 1000, device)
-            rows.append({"algorithm": algorithm, "labels_per_class": per_class, "seed": seed, "test_top1": top1,
+            rows.append({"profile": args.tag, "algorithm": algorithm, "labels_per_class": per_class, "seed": seed, "test_top1": top1,
                          "val_acc": result.best_val_acc, "steps": c.steps, "batch_size": c.batch_size, "mu": c.mu,
                          "seconds": round(time.perf_counter() - start, 1),
                          "images_per_second": round(result.images_per_second, 1)})

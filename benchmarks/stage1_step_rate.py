@@ -45,6 +45,7 @@ def run(kind: str, args, device: torch.device) -> float:
     algo = build_algorithm(cfg, 10)
     data = torch.rand(2000, 1, args.size, args.size)
     labels = torch.randint(0, 10, (2000,))
+    source = data if kind == "peer" else data.to(device)  # the peer augments on the CPU, as DataLoaders do
     seen, start = 0, 0.0
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
@@ -53,8 +54,9 @@ def run(kind: str, args, device: torch.device) -> float:
             start, seen = time.perf_counter(), 0
         g = generator(0, 9, step)
         idx = torch.randint(0, 2000, (args.batch,), generator=g)
-        u = data[torch.randint(0, 2000, (args.batch * args.mu,), generator=g)]
-        views = peer_views(data[idx], u) if kind == "peer" else our_views(data[idx], u, g)
+        iu = torch.randint(0, 2000, (args.batch * args.mu,), generator=g)
+        x_l, u = source[idx.to(source.device)], source[iu.to(source.device)]
+        views = peer_views(x_l, u) if kind == "peer" else our_views(x_l, u, g)
         logits = model(normalize(torch.cat(views)).to(device))
         lx = logits[:args.batch]
         lw, ls = logits[args.batch:].chunk(2)

@@ -68,3 +68,21 @@ def test_a_killed_diffusion_run_resumes_to_the_same_weights(toy_images, tmp_path
     for (k, v), (_, w) in zip(full.ema_unet.state_dict().items(), resumed.ema_unet.state_dict().items()):
         assert torch.equal(v, w), k
     assert np.isfinite(full.curve[-1]["loss"])
+
+
+def test_default_schedule_and_prediction_keep_samples_in_range():
+    """Epsilon prediction under the cosine schedule divides by sqrt(alpha_bar_T) ~ 5e-5 at the first solver step
+    and saturates every pixel; the default (v prediction) must not."""
+    from dpt_repro.diffusion.train import make_scheduler
+
+    torch.manual_seed(0)
+    unet = build_unet("small28", 28, 1, 10).eval()
+    seeds = [image_seed(0, 0, i) for i in range(8)]
+
+    def saturated(cfg):
+        images = guided_sample(unet, dict(make_scheduler(cfg).config), torch.zeros(8, dtype=torch.long), seeds,
+                               guidance_scale=1.0, steps=5, null_class=10, device=CPU)
+        return float(np.mean((images == 0) | (images == 255)))
+
+    assert saturated(DiffusionConfig()) < 0.5
+    assert saturated(DiffusionConfig(prediction_type="epsilon")) > 0.9

@@ -77,7 +77,7 @@ def test_mlflow_holds_one_pipeline_run_with_a_child_per_stage(smoke_repo):
     by_stage = {r.data.tags["stage"]: r for r in children}
     ev = by_stage["evaluate"].data
     assert json.loads((repo / "metrics" / "eval.json").read_text())["fid"] == pytest.approx(ev.metrics["fid"])
-    assert by_stage["stage1"].data.params["stage1.algorithm"] == "fixmatch"
+    assert by_stage["stage1"].data.params["stage1.algorithm"] == "freematch"
     assert "val_acc" in by_stage["stage1"].data.metrics
     history = client.get_metric_history(by_stage["stage2"].info.run_id, "loss")
     assert len(history) > 5

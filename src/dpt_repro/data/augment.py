@@ -85,7 +85,7 @@ def _colour(name: str, x: torch.Tensor, m: torch.Tensor, g: torch.Generator) -> 
         hi = x.amax(dim=(2, 3), keepdim=True)
         return torch.where(hi > lo, (x - lo) / (hi - lo).clamp(min=1e-6), x)
     if name in ("brightness", "color", "contrast", "sharpness"):
-        factor = 1.0 + 0.9 * m * _sign(n, g)  # PIL enhance factor in [0.1, 1.9]
+        factor = 1.0 + 0.9 * m * _sign(n, g).to(x.device)  # PIL enhance factor in [0.1, 1.9]
         if name == "brightness":
             return _blend(torch.zeros_like(x), x, factor)
         if name == "color":
