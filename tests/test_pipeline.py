@@ -14,8 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACKED = ["dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", ".dvcignore", ".gitignore", "pyproject.toml"]
-STAGES = ["prepare", "split", "stage1", "pseudo_label", "validate", "stage2", "sample", "fid_reference", "stage3",
-          "evaluate"]
+STAGES = ["prepare", "gate_prepared", "split", "gate_split", "stage1", "pseudo_label", "gate_pseudo_labels", "stage2",
+          "sample", "fid_reference", "gate_generated", "gate_mix", "stage3", "evaluate"]
 
 
 def sh(args, cwd, **kw):
@@ -57,8 +57,10 @@ def test_metrics_are_computed(smoke_repo):
     assert m["dpt_gain"] == pytest.approx(m["top1_stage3"] - m["top1_stage1"])
     assert m["fid"] > 0
     assert m["fid_protocol"]["n_generated"] == 80 and m["fid_protocol"]["n_reference"] == 100
-    gate = json.loads((repo / "metrics" / "gates" / "pseudo_labels.json").read_text())
-    assert gate["success"] and gate["rows"] == 60000
+    for name in ("prepared", "split", "pseudo_labels", "generated", "mix"):
+        gate = json.loads((repo / "metrics" / "gates" / f"{name}.json").read_text())
+        assert gate["success"], name
+        assert (repo / "reports" / "gates" / name / "index.html").is_file()
     manifest = json.loads((repo / "data" / "generated" / "lpc1-seed0" / "manifest.json").read_text())
     assert manifest["count"] == 80 and (repo / "reports" / "lpc1-seed0" / "samples.png").is_file()
 
@@ -91,3 +93,20 @@ def test_a_stage_runs_alone_for_another_labels_per_class(smoke_repo):
         assert result.returncode == 0, result.stderr[-2000:]
     assert (repo / "models" / "stage1" / "lpc2-seed0" / "model.safetensors").is_file()
     assert (repo / "models" / "stage1" / "lpc1-seed0" / "model.safetensors").is_file()
+
+
+def test_a_failing_gate_stops_the_pipeline_before_the_expensive_stage(smoke_repo):
+    repo, _ = smoke_repo
+    params = repo / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("pseudo_max_kl: 5.0", "pseudo_max_kl: 1.0e-09"))
+        result = sh(["dvc", "repro"], repo, timeout=600)
+    finally:
+        params.write_text(original)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Running stage 'gate_pseudo_labels'" in out and "Running stage 'stage2'" not in out
+    assert "gate pseudo_labels failed" in out and "FAIL table: expect_column_kl_divergence_to_be_less_than" in out
+    assert "'threshold': 1e-09" in out
+    assert not (repo / "metrics" / "gates" / "pseudo_labels.passed").exists()

@@ -34,10 +34,10 @@ def _fail(message: str, code: int) -> None:
 
 
 def _run_stage(module: str, params: Path, lpc: int | None, seed: int | None, device: str | None,
-               sets: list[str] | None) -> None:
+               sets: list[str] | None, **kwargs: str) -> None:
     from dpt_repro.config import load_config
     from dpt_repro.errors import GateFailed, UserError
-    from dpt_repro.runtime import configure_logging
+    from dpt_repro.runtime import configure_logging, timed
 
     configure_logging()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -48,7 +48,8 @@ def _run_stage(module: str, params: Path, lpc: int | None, seed: int | None, dev
             overrides.append(f"{key}={value}")
     try:
         cfg = load_config(params, overrides)
-        importlib.import_module(f"dpt_repro.stages.{module}").run(cfg, params)
+        with timed("_".join([module, *kwargs.values()]), cfg.run_key):
+            importlib.import_module(f"dpt_repro.stages.{module}").run(cfg, params, **kwargs)
     except UserError as exc:
         _fail(str(exc), 2)
     except GateFailed as exc:
@@ -68,7 +69,16 @@ _stage_command("prepare", "prepare", "Import the raw dataset into .npz shards un
 _stage_command("split", "split", "Draw labelled and validation indices per class with a seed.")
 _stage_command("stage1", "stage1", "Train the semi-supervised classifier (stage 1).")
 _stage_command("pseudo-label", "pseudo_label", "Pseudo-label every train image with the stage-1 EMA classifier.")
-_stage_command("validate", "validate", "Run the Great Expectations gate on the pseudo-labels.")
+
+
+@app.command("validate")
+def validate(gate: Annotated[str, typer.Argument(help="prepared, split, pseudo_labels, generated or mix.")],
+             params: ParamsOpt = Path("params.yaml"), labels_per_class: LpcOpt = None, seed: SeedOpt = None,
+             device: DeviceOpt = None, set_: SetOpt = None) -> None:
+    """Run one data-quality gate (Great Expectations); exit 1 with a summary when it fails."""
+    _run_stage("validate", params, labels_per_class, seed, device, set_, gate=gate)
+
+
 _stage_command("stage2", "stage2", "Train the class-conditional diffusion model on the pseudo-labels (stage 2).")
 _stage_command("sample", "sample", "Generate pseudo images per class with guided DPM-Solver++.")
 _stage_command("fid-reference", "fid_reference", "Compute Inception statistics of real images for FID/KID.")

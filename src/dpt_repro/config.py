@@ -71,7 +71,12 @@ class PseudoConfig:
 @dataclass
 class GatesConfig:
     pseudo_max_kl: float = 0.25
+    pseudo_min_share: float = 0.001
+    pseudo_max_share: float = 0.5
+    pseudo_min_mean_confidence: float = 0.5
     pseudo_min_labelled_agreement: float = 0.5
+    generated_min_agreement: float = 0.5
+    mix_tolerance: float = 0.001
 
 
 @dataclass
@@ -138,7 +143,8 @@ class Paths:
     split: Path
     stage1: Path
     pseudo_labels: Path
-    gate_pseudo: Path
+    gates: Path
+    gate_docs: Path
     stage2: Path
     generated: Path
     samples_png: Path
@@ -156,7 +162,8 @@ def paths(cfg: Config, root: Path | str = ".") -> Paths:
         split=root / "data" / "splits" / key / "split.json",
         stage1=root / "models" / "stage1" / key,
         pseudo_labels=root / "data" / "pseudo_labels" / key / "pseudo_labels.parquet",
-        gate_pseudo=root / "metrics" / "gates" / "pseudo_labels.json",
+        gates=root / "metrics" / "gates",
+        gate_docs=root / "reports" / "gates",
         stage2=root / "models" / "stage2" / key,
         generated=root / "data" / "generated" / key,
         samples_png=root / "reports" / key / "samples.png",

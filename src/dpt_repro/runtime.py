@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from dpt_repro.config import BaseConfig
@@ -102,12 +104,14 @@ class Progress:
 
 
 @contextmanager
-def timed(name: str) -> Iterator[dict]:
-    """Measure a stage's wall time; the caller logs `box['seconds']`."""
-    box: dict = {}
+def timed(stage: str, run_key: str) -> Iterator[None]:
+    """Log a stage's wall time and append it to .dpt/timings.jsonl (ignored by git) for timing whole runs."""
     start = time.perf_counter()
-    try:
-        yield box
-    finally:
-        box["seconds"] = time.perf_counter() - start
-        log.info("%s took %.1fs", name, box["seconds"])
+    yield
+    seconds = time.perf_counter() - start
+    log.info("%s took %.1fs", stage, seconds)
+    path = Path(".dpt") / "timings.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"stage": stage, "run_key": run_key, "seconds": round(seconds, 2),
+                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")

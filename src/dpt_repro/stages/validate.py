@@ -1,4 +1,10 @@
-"""validate: the Great Expectations gate on the pseudo-label table; a failure stops `dvc repro`."""
+"""validate GATE: run one data-quality gate on what a stage hands to the next; a failure stops `dvc repro`.
+
+Writes `metrics/gates/<gate>.json` (a DVC metric) and GX Data Docs under `reports/gates/<gate>/`, and logs
+both to MLflow. Thresholds live in the `gates` section of params.yaml. A pass also writes the marker
+`metrics/gates/<gate>.passed`, which the next stage depends on: its content never changes, so editing a threshold
+re-runs the gate but not the expensive stage behind it.
+"""
 
 from __future__ import annotations
 
@@ -10,32 +16,98 @@ import pandas as pd
 
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
+from dpt_repro.data.shards import load_generated, load_manifest, load_split
 from dpt_repro.errors import GateFailed, UserError
-from dpt_repro.gates.pseudo_labels import summary_lines, validate_pseudo_labels
-from dpt_repro.io import read_json, write_json
+from dpt_repro.gates import suites
+from dpt_repro.gates.core import run_gate, summary_lines
+from dpt_repro.io import atomic_dir, atomic_path, read_json, write_json
 
 log = logging.getLogger("dpt_repro")
+GATES = ("prepared", "split", "pseudo_labels", "generated", "mix")
 
 
-def run(cfg: Config, params_file: Path) -> dict:
+def _shape(cfg: Config) -> tuple[int, int, int]:
+    return (cfg.base.image_size, cfg.base.image_size, cfg.base.channels)
+
+
+def _prepared(cfg: Config):
+    p = paths(cfg)
+    splits = {name: load_split(p.prepared, name) for name in ("train", "test")}
+    return suites.prepared(splits, load_manifest(p.prepared), cfg.base.num_classes, _shape(cfg))
+
+
+def _split(cfg: Config):
+    p = paths(cfg)
+    train_x, train_y = load_split(p.prepared, "train")
+    test_x, _ = load_split(p.prepared, "test")
+    split = read_json(p.split, f"split for {cfg.run_key}")
+    return suites.split(np.asarray(split["labelled"], np.int64), np.asarray(split["validation"], np.int64), train_y,
+                        train_x, test_x, cfg.base.num_classes, cfg.base.labels_per_class, cfg.base.val_per_class)
+
+
+def _pseudo_labels(cfg: Config):
     p = paths(cfg)
     if not p.pseudo_labels.is_file():
         raise UserError(f"missing input: pseudo-labels ({p.pseudo_labels}); run pseudo-label first")
     table = pd.read_parquet(p.pseudo_labels)
     split = read_json(p.split, f"split for {cfg.run_key}")
     labelled = np.asarray(split["labelled"], np.int64)
-    true_labelled = table.set_index("index")["true_label"].loc[labelled].to_numpy()
+    true_labelled = table.set_index("index")["true_label"].reindex(labelled).to_numpy()
     prior = np.bincount(true_labelled, minlength=cfg.base.num_classes) / len(labelled)
-    report = validate_pseudo_labels(table[["index", "pseudo_label", "confidence"]], cfg.base.num_classes, prior,
-                                    cfg.gates, labelled, true_labelled)
-    write_json(p.gate_pseudo, report)
+    return suites.pseudo_labels(table[["index", "pseudo_label", "confidence"]], cfg.base.num_classes, prior,
+                                cfg.gates, labelled, true_labelled)
+
+
+def _generated(cfg: Config):
+    from dpt_repro.runtime import setup
+    from dpt_repro.ssl.train import predict_proba
+    from dpt_repro.stages.classifier import load_classifier
+
+    p = paths(cfg)
+    images, labels = load_generated(p.generated)
+    device = setup(cfg.base)
+    model, _ = load_classifier(p.stage1, "stage-1 classifier")
+    predicted = np.zeros(len(labels), np.int64)
+    if images.dtype == np.uint8 and images.shape[1:] == _shape(cfg):
+        predicted = predict_proba(model.to(device), images, cfg.pseudo.batch_size, device).argmax(1)
+    return suites.generated(images, labels, predicted, cfg.base.num_classes, cfg.sample.images_per_class,
+                            _shape(cfg), cfg.gates)
+
+
+def _mix(cfg: Config):
+    p = paths(cfg)
+    split = read_json(p.split, f"split for {cfg.run_key}")
+    manifest = read_json(p.generated / "manifest.json", "generated-images manifest")
+    return suites.mix(len(split["labelled"]), manifest["count"], cfg.base.labels_per_class,
+                      cfg.sample.images_per_class, cfg.base.num_classes, cfg.gates.mix_tolerance)
+
+
+BUILDERS = {"prepared": _prepared, "split": _split, "pseudo_labels": _pseudo_labels, "generated": _generated,
+            "mix": _mix}
+
+
+def run(cfg: Config, params_file: Path, gate: str = "pseudo_labels") -> dict:
+    if gate not in BUILDERS:
+        raise UserError(f"unknown gate {gate!r} (valid: {', '.join(GATES)})")
+    p = paths(cfg)
+    tables, checks = BUILDERS[gate](cfg)
+    docs = p.gate_docs / gate
+    with atomic_dir(docs) as tmp:
+        report = run_gate(gate, tables, checks, docs_dir=tmp, extra={"run_key": cfg.run_key})
+    write_json(p.gates / f"{gate}.json", report)
+    marker = p.gates / f"{gate}.passed"
+    marker.unlink(missing_ok=True)
     lines = summary_lines(report)
     for line in lines:
-        log.info("gate pseudo_labels: %s", line)
-    with tracking.stage_run(cfg, "validate", ("gates",), params_file) as run:
-        run.metrics({"gate_pseudo_labels_passed": float(report["success"])})
-        run.dict(report, "gate_pseudo_labels.json")
+        log.info("gate %s: %s", gate, line)
+    with tracking.stage_run(cfg, f"gate_{gate}", ("gates",), params_file) as run:
+        run.metrics({f"gate_{gate}_passed": float(report["success"]),
+                     f"gate_{gate}_failed_checks": float(sum(not c["success"] for c in report["checks"]))})
+        run.dict(report, f"gate_{gate}.json")
+        run.artifacts(docs, f"data_docs_{gate}")
     if not report["success"]:
         failed = [line for line in lines if line.startswith("FAIL")]
-        raise GateFailed("gate pseudo_labels failed:\n  " + "\n  ".join(failed))
+        raise GateFailed(f"gate {gate} failed ({len(failed)} of {len(lines)} checks):\n  " + "\n  ".join(failed))
+    with atomic_path(marker) as tmp:
+        tmp.write_text("passed\n")
     return report
