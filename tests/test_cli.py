@@ -47,6 +47,8 @@ def one_error_line(result):
     (["stage2", "--labels-per-class", "1"], "missing input"),
     (["sample"], "missing input: stage-2 EMA UNet"),
     (["evaluate"], "missing input"),
+    (["validate", "bogus"], "unknown gate 'bogus' (valid: prepared, split, pseudo_labels, generated, mix)"),
+    (["validate", "pseudo_labels"], "missing input: pseudo-labels"),
 ])
 def test_user_mistakes_give_one_line_and_exit_code_2(workdir, args, needle):
     result = runner.invoke(app, args)

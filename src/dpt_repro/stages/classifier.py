@@ -11,8 +11,8 @@ import numpy as np
 from dpt_repro.config import ClassifierConfig, Config, paths
 from dpt_repro.data.shards import load_split
 from dpt_repro.errors import UserError
-from dpt_repro.runtime import setup
 from dpt_repro.io import atomic_dir, atomic_path, load_weights, read_json, save_weights, write_json
+from dpt_repro.runtime import setup
 from dpt_repro.ssl.train import ClassifierData, TrainResult, build_classifier, fingerprint, train_classifier
 from dpt_repro.ssl.train import validate_batch_sizes
 

@@ -72,7 +72,8 @@ def run(cfg: Config, params_file: Path) -> dict:
         for name, start in zip(names, starts):
             end = min(start + s.shard_size, len(labels))
             if (work / name).is_file():
-                bar.update(end - start, f"{name} (resumed)")
+                log.info("sample: %s was written by an earlier run (resumed)", name)
+                bar.update(end - start)
                 continue
             parts = []
             for b in range(start, end, s.batch_size):
