@@ -85,3 +85,12 @@ def test_profile_overlays_params(workdir):
 
     assert load_config(workdir / "params-quick.yaml").stage1.steps == 7
     assert load_config(workdir / "params.yaml").stage1.steps != 7
+
+
+def test_a_corrupt_pseudo_label_table_is_reported(workdir):
+    table = workdir / "data" / "pseudo_labels" / "lpc1-seed0" / "pseudo_labels.parquet"
+    table.parent.mkdir(parents=True)
+    table.write_bytes(b"PAR1 truncated")
+    result = runner.invoke(app, ["validate", "pseudo_labels"])
+    assert result.exit_code == 2
+    assert "corrupt input: pseudo-labels" in one_error_line(result)

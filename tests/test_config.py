@@ -59,3 +59,24 @@ def test_bad_override_syntax(tmp_path):
 def test_missing_params_file(tmp_path):
     with pytest.raises(UserError, match="params file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("stage1.checkpoint_every=0", "stage1.checkpoint_every must be at least 1, got 0"),
+    ("pseudo.batch_size=0", "pseudo.batch_size must be at least 1, got 0"),
+    ("stage2.batch_size=0", "stage2.batch_size must be at least 1, got 0"),
+    ("stage2.beta_schedule=foo", "stage2.beta_schedule: unknown 'foo'"),
+    ("eval.kid_subset_size=1", "eval.kid_subset_size must be at least 2"),
+    ("base.dataset=[", "not valid YAML"),
+])
+def test_impossible_sizes_and_bad_override_values(override, needle):
+    with pytest.raises(UserError) as err:
+        load_config(ROOT / "params.yaml", [override])
+    assert needle in str(err.value)
+
+
+def test_unknown_section_and_empty_sections(tmp_path):
+    with pytest.raises(UserError, match="unknown section 'stage4'"):
+        load_config(write(tmp_path, "stage4:\n  steps: 1\n"))
+    merged = merge_profile({"pseudo": None, "base": {"seed": 1}}, {"pseudo": {"batch_size": 5}})
+    assert merged == {"pseudo": {"batch_size": 5}, "base": {"seed": 1}}

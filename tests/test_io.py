@@ -1,10 +1,12 @@
 import os
+import time
 
+import numpy as np
 import pytest
 import torch
 
 from dpt_repro.errors import UserError
-from dpt_repro.io import atomic_dir, atomic_path, load_checkpoint, read_npz, save_checkpoint, write_json
+from dpt_repro.io import atomic_dir, atomic_path, load_checkpoint, read_npz, save_checkpoint, write_json, write_npz
 
 
 def test_atomic_path_leaves_nothing_on_error_and_keeps_the_old_file(tmp_path):
@@ -58,3 +60,13 @@ def test_corrupt_npz_is_reported(tmp_path):
     path.write_bytes(b"not a zip")
     with pytest.raises(UserError, match="corrupt input"):
         read_npz(path, "shard")
+
+
+def test_npz_shards_are_byte_deterministic_and_readable(tmp_path):
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28, 1)
+    write_npz(tmp_path / "a.npz", images=images, labels=np.array([3, 4]))
+    time.sleep(2.1)  # zip timestamps have a 2-second resolution
+    write_npz(tmp_path / "b.npz", images=images, labels=np.array([3, 4]))
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    data = read_npz(tmp_path / "a.npz", "shard")
+    assert np.array_equal(data["images"], images) and data["labels"].tolist() == [3, 4]

@@ -19,6 +19,7 @@ from dpt_repro.errors import UserError
 
 DATASETS = ("fashion-mnist", "imagefolder", "npz")
 DEVICES = ("auto", "cpu", "cuda")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 
 
 @dataclass
@@ -194,7 +195,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise UserError(f"params: unknown key '{prefix}.{unknown[0]}' (valid: {', '.join(sorted(known))})")
+        where = f"key '{prefix}.{unknown[0]}'" if prefix else f"section '{unknown[0]}'"
+        raise UserError(f"params: unknown {where} (valid: {', '.join(sorted(known))})")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
@@ -209,7 +211,10 @@ def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
     parts = dotted.split(".")
     if len(parts) != 2 or not all(parts):
         raise UserError(f"override '{dotted}={raw}': expected section.key=value")
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        raise UserError(f"override '{dotted}={raw}': the value is not valid YAML") from None
     tree.setdefault(parts[0], {})
     if not isinstance(tree[parts[0]], dict):
         raise UserError(f"params: section '{parts[0]}' must be a mapping")
@@ -268,13 +273,24 @@ def validate(cfg: Config) -> None:
         _check(0.0 < c.threshold < 1.0, f"{name}.threshold must be in (0, 1), got {c.threshold}")
         _check(0.0 <= c.ema_decay < 1.0, f"{name}.ema_decay must be in [0, 1), got {c.ema_decay}")
         _check(c.lr > 0, f"{name}.lr must be positive, got {c.lr}")
-        _check(c.eval_every >= 1, f"{name}.eval_every must be at least 1, got {c.eval_every}")
+        for key in ("eval_every", "checkpoint_every", "eval_batch_size"):
+            _check(getattr(c, key) >= 1, f"{name}.{key} must be at least 1, got {getattr(c, key)}")
     d = cfg.stage2
     _check(d.steps >= 1, f"stage2.steps must be at least 1, got {d.steps}")
     _check(0.0 <= d.label_dropout < 1.0, f"stage2.label_dropout must be in [0, 1), got {d.label_dropout}")
     _check(d.prediction_type in ("epsilon", "v_prediction"),
            f"stage2.prediction_type: unknown {d.prediction_type!r} (valid: epsilon, v_prediction)")
-    _check(d.grad_accum >= 1, f"stage2.grad_accum must be at least 1, got {d.grad_accum}")
+    for key in ("grad_accum", "batch_size", "checkpoint_every"):
+        _check(getattr(d, key) >= 1, f"stage2.{key} must be at least 1, got {getattr(d, key)}")
+    _check(d.num_train_timesteps >= 2, f"stage2.num_train_timesteps must be at least 2, got {d.num_train_timesteps}")
+    _check(d.warmup_steps >= 0, f"stage2.warmup_steps must be at least 0, got {d.warmup_steps}")
+    _check(d.beta_schedule in BETA_SCHEDULES,
+           f"stage2.beta_schedule: unknown {d.beta_schedule!r} (valid: {', '.join(BETA_SCHEDULES)})")
+    for key, value in (("prepare.shard_size", cfg.prepare.shard_size), ("pseudo.batch_size", cfg.pseudo.batch_size),
+                       ("sample.batch_size", cfg.sample.batch_size), ("sample.shard_size", cfg.sample.shard_size),
+                       ("eval.batch_size", cfg.eval.batch_size)):
+        _check(value >= 1, f"{key} must be at least 1, got {value}")
+    _check(cfg.eval.kid_subset_size >= 2, f"eval.kid_subset_size must be at least 2, got {cfg.eval.kid_subset_size}")
     s = cfg.sample
     _check(s.images_per_class >= 1, f"sample.images_per_class must be at least 1, got {s.images_per_class}")
     _check(s.guidance_scale >= 0, f"sample.guidance_scale must be at least 0, got {s.guidance_scale}")
@@ -287,7 +303,11 @@ def validate(cfg: Config) -> None:
 
 def merge_profile(base_tree: dict, profile_tree: dict) -> dict:
     """Overlay a profile (configs/<name>.yaml) on params: same sections, same keys."""
-    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base_tree.items()}
+    merged = {}
+    for section, values in base_tree.items():
+        if values is not None and not isinstance(values, dict):
+            raise UserError(f"params: section '{section}' must be a mapping, got {values!r}")
+        merged[section] = dict(values or {})
     for section, values in profile_tree.items():
         if not isinstance(values, dict):
             raise UserError(f"profile: section '{section}' must be a mapping")

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -80,9 +81,14 @@ def read_json(path: Path | str, what: str) -> Any:
 
 
 def write_npz(path: Path | str, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+    """`np.savez_compressed`'s format with fixed zip timestamps, so equal arrays give byte-equal files (and so
+    equal DVC hashes)."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)
 
 
 def read_npz(path: Path | str, what: str) -> dict[str, np.ndarray]:
@@ -96,10 +102,6 @@ def read_npz(path: Path | str, what: str) -> dict[str, np.ndarray]:
         raise UserError(f"corrupt input: {what} ({path}) cannot be read ({type(exc).__name__})") from None
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def array_digest(*arrays: np.ndarray) -> str:
     """A content hash of arrays (dtype, shape and bytes), stable across file formats."""
     h = hashlib.sha256()
@@ -110,12 +112,25 @@ def array_digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def file_md5(path: Path | str) -> str:
-    h = hashlib.md5()
+def file_sha256(path: Path | str) -> str:
+    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_parquet(path: Path | str, what: str, columns: list[str] | None = None):
+    """A parquet table, or a UserError naming what is missing or unreadable."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing input: {what} ({path}); run the stage that produces it first")
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except Exception as exc:  # pyarrow raises several error types for truncated or foreign files
+        raise UserError(f"corrupt input: {what} ({path}) cannot be read ({type(exc).__name__})") from None
 
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:

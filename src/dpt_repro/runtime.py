@@ -55,6 +55,8 @@ def generator(seed: int, *stream: int):
 
 def configure_logging() -> None:
     """INFO lines from this package only; the libraries (GX, MLflow, DVC) stay at WARNING."""
+    if log.handlers:
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     log.addHandler(handler)

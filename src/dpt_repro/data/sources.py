@@ -87,7 +87,7 @@ def _download_fashion_mnist() -> Path:
     return target / "FashionMNIST" / "raw"
 
 
-def _split_train_test(images: np.ndarray, labels: np.ndarray, base: BaseConfig, prep: PrepareConfig):
+def _split_train_test(images: np.ndarray, labels: np.ndarray, prep: PrepareConfig):
     """A stratified train/test split for sources that ship none; its seed is fixed so the test set never
     moves with base.seed."""
     rng = np.random.default_rng(0)
@@ -134,7 +134,7 @@ def image_folder(base: BaseConfig, prep: PrepareConfig) -> RawData:
                 images.append(np.asarray(im, np.uint8).reshape(base.image_size, base.image_size, base.channels))
             labels.append(c)
     x, y = np.stack(images), np.asarray(labels, np.int64)
-    return RawData(*_split_train_test(x, y, base, prep), classes, str(root))
+    return RawData(*_split_train_test(x, y, prep), classes, str(root))
 
 
 def npz_file(base: BaseConfig, prep: PrepareConfig) -> RawData:
@@ -161,7 +161,7 @@ def npz_file(base: BaseConfig, prep: PrepareConfig) -> RawData:
     if "test_images" in data:
         return RawData(x, y, norm(data["test_images"]), data["test_labels"].astype(np.int64), names,
                        base.data_path)
-    return RawData(*_split_train_test(x, y, base, prep), names, base.data_path)
+    return RawData(*_split_train_test(x, y, prep), names, base.data_path)
 
 
 SOURCES: dict[str, Callable[[BaseConfig, PrepareConfig], RawData]] = {

@@ -13,9 +13,6 @@ import torch
 
 from dpt_repro.errors import UserError
 
-SCHEDULERS = ("dpmsolver++",)
-
-
 def image_seed(base_seed: int, cls: int, index: int) -> int:
     return int(np.random.SeedSequence([base_seed, cls, index]).generate_state(1, dtype=np.uint32)[0])
 

@@ -78,6 +78,7 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray
         state = load_checkpoint(checkpoint)
         unet.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
+        ema.to(device)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["lr_scheduler"])
         result.curve = list(state["curve"])
@@ -92,6 +93,7 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray
         bar.update(start)
         for step in range(start, cfg.steps):
             g = generator(seed, 2, step)
+            torch.manual_seed(generator(seed, 2, step, 1).initial_seed())  # dropout, if the profile has any
             total = 0.0
             for _ in range(cfg.grad_accum):
                 idx = torch.randint(len(x_all), (micro,), generator=g)

@@ -9,13 +9,13 @@ KID is clean-fid's `kernel_distance`.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 
 from dpt_repro.errors import UserError
+from dpt_repro.io import file_sha256
 from dpt_repro.runtime import Progress
 
 WEIGHTS_FILE = "default_1.pt"
@@ -39,12 +39,9 @@ def load_inception(device):
     import torch
 
     path = weights_path()
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    if h.hexdigest() != WEIGHTS_SHA256:
-        raise UserError(f"FID weights {path} have SHA-256 {h.hexdigest()}, expected {WEIGHTS_SHA256}")
+    digest = file_sha256(path)
+    if digest != WEIGHTS_SHA256:
+        raise UserError(f"FID weights {path} have SHA-256 {digest}, expected {WEIGHTS_SHA256}")
     net = torch.jit.load(str(path), map_location=device).eval()
     return net
 
@@ -55,7 +52,7 @@ def protocol(resize: str, n_images: int, reference: str, n_reference: int) -> di
             "reference": reference, "n_reference": n_reference, "tool": "dpt-repro fid (clean-fid 0.1.35 API)"}
 
 
-def _resize_batch(images: np.ndarray, resize: str) -> np.ndarray:
+def _resize_batch(images: np.ndarray) -> np.ndarray:
     """uint8 [N, H, W, C] -> float32 [N, 3, 299, 299] in [0, 255]."""
     from cleanfid.resize import make_resizer
 
@@ -67,15 +64,15 @@ def _resize_batch(images: np.ndarray, resize: str) -> np.ndarray:
     return out
 
 
-def extract_features(images: np.ndarray, net, *, batch_size: int, device, resize: str = "clean",
+def extract_features(images: np.ndarray, net, *, batch_size: int, device,
                      description: str = "fid features") -> np.ndarray:
-    """Pool3 features [N, 2048] (float64), streamed in batches."""
+    """Pool3 features [N, 2048] (float64) after the clean resize, streamed in batches."""
     import torch
 
     feats = []
     with torch.inference_mode(), Progress(description, len(images)) as bar:
         for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(_resize_batch(images[start:start + batch_size], resize)).to(device)
+            x = torch.from_numpy(_resize_batch(images[start:start + batch_size])).to(device)
             x = x.contiguous(memory_format=torch.channels_last)
             f = net((x - 128.0) / 128.0)
             feats.append(f.reshape(len(x), -1).double().cpu().numpy())

@@ -1,7 +1,7 @@
 """Classifier backbones by name: a compact CNN for 28x28 CPU runs, WRN-28-2, or any timm model.
 
-Every backbone exposes `features(x)` (the penultimate embedding) and `forward(x)` (logits), so stage 3's
-probe protocol can reuse a trained stage-1 network as a frozen encoder.
+Every backbone exposes `features(x)` (the penultimate embedding) and `forward(x)` (logits), so a trained
+network can serve as a frozen encoder (the ImageNet protocol's linear probe).
 """
 
 from __future__ import annotations

@@ -155,6 +155,7 @@ def train_classifier(cfg: ClassifierConfig, data: ClassifierData, *, num_classes
         for step in range(start, cfg.steps):
             model.train()
             g = generator(seed, stream, step)
+            torch.manual_seed(generator(seed, stream, step, 1).initial_seed())  # dropout/drop-path in timm models
             lr = cfg.lr * math.cos(7 * math.pi * step / (16 * cfg.steps))
             for group in opt.param_groups:
                 group["lr"] = lr

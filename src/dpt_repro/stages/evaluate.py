@@ -1,6 +1,7 @@
 """evaluate: test top-1 of stage 1 and stage 3 and the DPT gain; FID and KID of the generated images.
 
-This is the only stage that reads the test split. Every FID is written with its protocol beside it.
+The only stage that uses test labels to score a model (the gates read the test split for integrity checks).
+Every FID is written with its protocol beside it.
 """
 
 from __future__ import annotations
@@ -9,13 +10,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import load_generated, load_manifest, load_split
-from dpt_repro.errors import UserError
-from dpt_repro.io import read_npz, write_json
+from dpt_repro.io import read_npz, read_parquet, write_json
 from dpt_repro.metrics import fid
 from dpt_repro.metrics.classification import plot_confusion, summary
 from dpt_repro.runtime import setup
@@ -35,14 +34,12 @@ def run(cfg: Config, params_file: Path) -> dict:
         pred = predict_proba(model.to(device), test_x, cfg.pseudo.batch_size, device).argmax(1)
         results[stage] = summary(test_y, pred, k)
 
-    if not p.pseudo_labels.is_file():
-        raise UserError(f"missing input: pseudo-labels ({p.pseudo_labels}); run pseudo-label first")
-    table = pd.read_parquet(p.pseudo_labels, columns=["pseudo_label", "true_label"])
+    table = read_parquet(p.pseudo_labels, "pseudo-labels", ["pseudo_label", "true_label"])
     gen_x, gen_y = load_generated(p.generated)
     ref = read_npz(p.fid_ref, "FID reference statistics")
     ref_meta = json.loads(str(ref["meta"]))
     net = fid.load_inception(device)
-    gen_feats = fid.extract_features(gen_x, net, batch_size=e.batch_size, device=device, resize=e.fid_resize,
+    gen_feats = fid.extract_features(gen_x, net, batch_size=e.batch_size, device=device,
                                      description="fid generated")
     mu, sigma = fid.statistics(gen_feats)
     fid_value = fid.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])

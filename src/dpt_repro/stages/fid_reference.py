@@ -29,7 +29,7 @@ def run(cfg: Config, params_file: Path) -> dict:
     images, _ = load_split(p.prepared, e.fid_ref_split)
     idx = reference_indices(len(images), e.fid_ref_images)
     net = fid.load_inception(device)
-    feats = fid.extract_features(images[idx], net, batch_size=e.batch_size, device=device, resize=e.fid_resize,
+    feats = fid.extract_features(images[idx], net, batch_size=e.batch_size, device=device,
                                  description="fid reference")
     mu, sigma = fid.statistics(feats)
     digest = load_manifest(p.prepared)["splits"][e.fid_ref_split]["sha256"]

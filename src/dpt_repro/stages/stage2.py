@@ -7,23 +7,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import load_split
 from dpt_repro.diffusion.train import fingerprint, train_diffusion
 from dpt_repro.errors import UserError
-from dpt_repro.io import atomic_dir, write_json
+from dpt_repro.io import atomic_dir, read_parquet, write_json
 from dpt_repro.runtime import setup
 from dpt_repro.stages.classifier import write_csv
 
 
 def load_pseudo_labels(cfg: Config, n_images: int) -> np.ndarray:
     p = paths(cfg)
-    if not p.pseudo_labels.is_file():
-        raise UserError(f"missing input: pseudo-labels ({p.pseudo_labels}); run pseudo-label first")
-    table = pd.read_parquet(p.pseudo_labels, columns=["index", "pseudo_label"]).sort_values("index")
+    table = read_parquet(p.pseudo_labels, "pseudo-labels", ["index", "pseudo_label"]).sort_values("index")
     if len(table) != n_images or not np.array_equal(table["index"].to_numpy(), np.arange(n_images)):
         raise UserError(f"pseudo-labels {p.pseudo_labels} do not cover the {n_images} train images; rerun pseudo-label")
     return table["pseudo_label"].to_numpy()

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
@@ -20,10 +19,9 @@ from dpt_repro.data.shards import load_generated, load_manifest, load_split
 from dpt_repro.errors import GateFailed, UserError
 from dpt_repro.gates import suites
 from dpt_repro.gates.core import run_gate, summary_lines
-from dpt_repro.io import atomic_dir, atomic_path, read_json, write_json
+from dpt_repro.io import atomic_dir, atomic_path, read_json, read_parquet, write_json
 
 log = logging.getLogger("dpt_repro")
-GATES = ("prepared", "split", "pseudo_labels", "generated", "mix")
 
 
 def _shape(cfg: Config) -> tuple[int, int, int]:
@@ -47,12 +45,13 @@ def _split(cfg: Config):
 
 def _pseudo_labels(cfg: Config):
     p = paths(cfg)
-    if not p.pseudo_labels.is_file():
-        raise UserError(f"missing input: pseudo-labels ({p.pseudo_labels}); run pseudo-label first")
-    table = pd.read_parquet(p.pseudo_labels)
+    table = read_parquet(p.pseudo_labels, "pseudo-labels")
     split = read_json(p.split, f"split for {cfg.run_key}")
     labelled = np.asarray(split["labelled"], np.int64)
-    true_labelled = table.set_index("index")["true_label"].reindex(labelled).to_numpy()
+    true_labelled = table.set_index("index")["true_label"].reindex(labelled)
+    if true_labelled.isna().any():
+        raise UserError(f"pseudo-labels {p.pseudo_labels} lack labelled images of split {p.split}; rerun pseudo-label")
+    true_labelled = true_labelled.to_numpy().astype(np.int64)
     prior = np.bincount(true_labelled, minlength=cfg.base.num_classes) / len(labelled)
     return suites.pseudo_labels(table[["index", "pseudo_label", "confidence"]], cfg.base.num_classes, prior,
                                 cfg.gates, labelled, true_labelled)
@@ -88,7 +87,7 @@ BUILDERS = {"prepared": _prepared, "split": _split, "pseudo_labels": _pseudo_lab
 
 def run(cfg: Config, params_file: Path, gate: str = "pseudo_labels") -> dict:
     if gate not in BUILDERS:
-        raise UserError(f"unknown gate {gate!r} (valid: {', '.join(GATES)})")
+        raise UserError(f"unknown gate {gate!r} (valid: {', '.join(BUILDERS)})")
     p = paths(cfg)
     tables, checks = BUILDERS[gate](cfg)
     docs = p.gate_docs / gate
