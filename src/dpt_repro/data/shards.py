@@ -44,7 +44,11 @@ def load_split(folder: Path, split: str, verify: bool = False) -> tuple[np.ndarr
     return images, labels
 
 
+def load_generated_manifest(folder: Path) -> dict:
+    return read_json(Path(folder) / "manifest.json", "generated-images manifest")
+
+
 def load_generated(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    manifest = read_json(Path(folder) / "manifest.json", "generated-images manifest")
+    manifest = load_generated_manifest(folder)
     parts = [read_npz(Path(folder) / name, "generated shard") for name in manifest["shards"]]
     return np.concatenate([p["images"] for p in parts]), np.concatenate([p["labels"] for p in parts])

@@ -13,6 +13,7 @@ from dpt_repro.data.shards import load_split
 from dpt_repro.errors import UserError
 from dpt_repro.io import atomic_dir, atomic_path, load_weights, read_json, save_weights, write_json
 from dpt_repro.runtime import setup
+from dpt_repro.stages.split import read_split
 from dpt_repro.ssl.train import ClassifierData, TrainResult, build_classifier, fingerprint, train_classifier
 from dpt_repro.ssl.train import validate_batch_sizes
 
@@ -21,7 +22,7 @@ def real_data(cfg: Config) -> tuple[np.ndarray, np.ndarray, dict]:
     """Train images, their labels (hidden from training except at labelled indices) and the split."""
     p = paths(cfg)
     images, labels = load_split(p.prepared, "train")
-    split = read_json(p.split, f"split for {cfg.run_key}")
+    split = read_split(cfg)
     if len(split["labelled"]) and max(split["labelled"] + split["validation"]) >= len(images):
         raise UserError(f"split {p.split} indexes past the {len(images)} prepared train images; rerun split")
     return images, labels, split

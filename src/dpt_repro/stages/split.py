@@ -14,7 +14,7 @@ from dpt_repro import tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import load_manifest, load_split
 from dpt_repro.errors import UserError
-from dpt_repro.io import write_json
+from dpt_repro.io import read_json, write_json
 
 
 def draw_split(labels: np.ndarray, num_classes: int, labels_per_class: int, val_per_class: int,
@@ -30,6 +30,11 @@ def draw_split(labels: np.ndarray, num_classes: int, labels_per_class: int, val_
         validation.append(np.sort(perm[:val_per_class]))
         labelled.append(np.sort(perm[val_per_class:need]))
     return np.concatenate(labelled), np.concatenate(validation)
+
+
+def read_split(cfg: Config) -> dict:
+    """The split file of this run key, as `split` wrote it."""
+    return read_json(paths(cfg).split, f"split for {cfg.run_key}")
 
 
 def run(cfg: Config, params_file: Path) -> dict:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.data.shards import load_generated
-from dpt_repro.io import read_json, write_json
+from dpt_repro.data.shards import load_generated, load_generated_manifest
+from dpt_repro.io import write_json
 from dpt_repro.stages.classifier import classifier_data, real_data, train_and_save
 
 STREAM = 3
@@ -19,7 +19,7 @@ def run(cfg: Config, params_file: Path) -> dict:
     images, labels, split = real_data(cfg)
     gen_x, gen_y = load_generated(p.generated)
     data = classifier_data(images, labels, split, gen_x, gen_y)
-    manifest = read_json(p.generated / "manifest.json", "generated-images manifest")
+    manifest = load_generated_manifest(p.generated)
     with tracking.stage_run(cfg, "stage3", ("stage3",), params_file) as run:
         run.dataset("split", str(p.split.resolve()), split["train_sha256"])
         run.dataset("generated", str(p.generated.resolve()), manifest["fingerprint"])

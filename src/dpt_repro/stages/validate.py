@@ -15,11 +15,12 @@ import numpy as np
 
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.data.shards import load_generated, load_manifest, load_split
+from dpt_repro.data.shards import load_generated, load_generated_manifest, load_manifest, load_split
 from dpt_repro.errors import GateFailed, UserError
 from dpt_repro.gates import suites
 from dpt_repro.gates.core import run_gate, summary_lines
-from dpt_repro.io import atomic_dir, atomic_path, read_json, read_parquet, write_json
+from dpt_repro.stages.split import read_split
+from dpt_repro.io import atomic_dir, atomic_path, read_parquet, write_json
 
 log = logging.getLogger("dpt_repro")
 
@@ -38,7 +39,7 @@ def _split(cfg: Config):
     p = paths(cfg)
     train_x, train_y = load_split(p.prepared, "train")
     test_x, _ = load_split(p.prepared, "test")
-    split = read_json(p.split, f"split for {cfg.run_key}")
+    split = read_split(cfg)
     return suites.split(np.asarray(split["labelled"], np.int64), np.asarray(split["validation"], np.int64), train_y,
                         train_x, test_x, cfg.base.num_classes, cfg.base.labels_per_class, cfg.base.val_per_class)
 
@@ -46,7 +47,7 @@ def _split(cfg: Config):
 def _pseudo_labels(cfg: Config):
     p = paths(cfg)
     table = read_parquet(p.pseudo_labels, "pseudo-labels")
-    split = read_json(p.split, f"split for {cfg.run_key}")
+    split = read_split(cfg)
     labelled = np.asarray(split["labelled"], np.int64)
     true_labelled = table.set_index("index")["true_label"].reindex(labelled)
     if true_labelled.isna().any():
@@ -75,8 +76,8 @@ def _generated(cfg: Config):
 
 def _mix(cfg: Config):
     p = paths(cfg)
-    split = read_json(p.split, f"split for {cfg.run_key}")
-    manifest = read_json(p.generated / "manifest.json", "generated-images manifest")
+    split = read_split(cfg)
+    manifest = load_generated_manifest(p.generated)
     return suites.mix(len(split["labelled"]), manifest["count"], cfg.base.labels_per_class,
                       cfg.sample.images_per_class, cfg.base.num_classes, cfg.gates.mix_tolerance)
 
