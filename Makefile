@@ -10,7 +10,7 @@ export DO_NOT_TRACK := true
 export HF_HUB_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := False
 
-.PHONY: setup data repro test smoke mlflow-ui clean-venv
+.PHONY: setup data repro test smoke sweep mlflow-ui mlflow-server clean-venv
 
 setup: $(STAMP) data
 
@@ -38,8 +38,25 @@ test: setup
 smoke: setup
 	. $(BIN)/activate && python -m pytest -q tests/test_pipeline.py
 
+# Queue one experiment per labels-per-class x seed and run them, JOBS at a time; compare with `dvc exp show`.
+LPC ?= 1,2,5
+SEEDS ?= range(0,3)
+JOBS ?= 1
+sweep: setup
+	. $(BIN)/activate && dvc exp run --queue -S 'base.labels_per_class=$(LPC)' -S 'base.seed=$(SEEDS)' && \
+	  dvc queue start -j $(JOBS) && echo "queued; follow with: dvc queue status / dvc queue logs NAME -f"
+
+# The local store in the browser (no server process needed for logging).
 mlflow-ui: setup
 	. $(BIN)/activate && mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port 5000
+
+# A tracking server on 127.0.0.1 over the same SQLite store, artifacts served from mlartifacts/; point the
+# pipeline at it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT). Pass HOST=0.0.0.0 only on a trusted network.
+MLFLOW_PORT ?= 5055
+HOST ?= 127.0.0.1
+mlflow-server: setup
+	. $(BIN)/activate && mlflow server --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" \
+	  --artifacts-destination "$(CURDIR)/mlartifacts" --host $(HOST) --port $(MLFLOW_PORT) --workers 1
 
 clean-venv:
 	rm -rf $(VENV)

@@ -2,26 +2,57 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACKED = ["dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", ".dvcignore", ".gitignore", "pyproject.toml"]
+KEY = "lpc1-seed0"
 STAGES = ["prepare", "gate_prepared", "split", "gate_split", "stage1", "pseudo_label", "gate_pseudo_labels", "stage2",
           "sample", "fid_reference", "gate_generated", "gate_mix", "stage3", "evaluate"]
 
 
-def sh(args, cwd, **kw):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "dpt-repro tests", "GIT_AUTHOR_EMAIL": "tests@dpt-repro.invalid",
+                "GIT_COMMITTER_NAME": "dpt-repro tests", "GIT_COMMITTER_EMAIL": "tests@dpt-repro.invalid"}
+
+
+def sh(args, cwd, env_extra=None, **kw):
+    env = {**os.environ, **GIT_IDENTITY, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           **(env_extra or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kw)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def tracked_bytes(repo: Path) -> dict[str, str]:
+    """SHA-256 of every file DVC tracks as a pipeline output (data, models, gate reports)."""
+    out = {}
+    for top in ("data", "models", "reports"):
+        for f in sorted((repo / top).rglob("*")):
+            if f.is_file() and f.name != ".gitignore" and "README" not in f.name:
+                out[str(f.relative_to(repo))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def store(repo: Path):
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    return client, client.get_experiment_by_name("dpt-repro").experiment_id
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +64,8 @@ def smoke_repo(tmp_path_factory):
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
     sh(["git", "init", "-q"], repo, check=True)
     assert sh(["dpt-repro", "profile", "smoke"], repo).returncode == 0
+    ok(sh(["git", "add", "-A"], repo))
+    ok(sh(["git", "commit", "-q", "-m", "smoke profile"], repo))
     first = sh(["dvc", "repro"], repo, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     return repo, first.stdout
@@ -93,6 +126,143 @@ def test_a_stage_runs_alone_for_another_labels_per_class(smoke_repo):
         assert result.returncode == 0, result.stderr[-2000:]
     assert (repo / "models" / "stage1" / "lpc2-seed0" / "model.safetensors").is_file()
     assert (repo / "models" / "stage1" / "lpc1-seed0" / "model.safetensors").is_file()
+
+
+def test_lineage_datasets_are_dvc_hashes_and_models_load_back_and_predict(smoke_repo):
+    import mlflow
+    import numpy as np
+    import torch
+    import yaml
+
+    from dpt_repro.data.shards import load_split
+    from dpt_repro.ssl.train import predict_proba
+    from dpt_repro.stages.classifier import load_classifier
+
+    repo, _ = smoke_repo
+    client, exp = store(repo)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    md5 = {o["path"]: o["md5"] for st in lock["stages"].values() for o in st.get("outs", [])}
+    stage3 = client.search_runs([exp], "tags.stage = 'stage3'")[0]
+    digests = {i.dataset.name: i.dataset.digest for i in stage3.inputs.dataset_inputs}
+    assert digests == {"prepared": md5["data/prepared/fashion-mnist"], "split": md5[f"data/splits/{KEY}/split.json"],
+                       "generated": md5[f"data/generated/{KEY}"]}
+    assert stage3.data.tags["dvc.exp_name"] == "workspace"
+    assert stage3.data.tags["git.commit"] == ok(sh(["git", "rev-parse", "HEAD"], repo)).strip()
+    assert {a.path for a in client.list_artifacts(stage3.info.run_id, "lineage")} == {"lineage/params.yaml",
+                                                                                     "lineage/dvc.lock"}
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("dpt-classifier", "champion")
+    assert champion.run_id == stage3.info.run_id
+    assert float(champion.tags["val_acc"]) == pytest.approx(stage3.data.metrics["val_acc"], abs=1e-6)
+    test_x, _ = load_split(repo / "data" / "prepared" / "fashion-mnist", "test")
+    pred = mlflow.pyfunc.load_model("models:/dpt-classifier@champion").predict(test_x[:64])
+    model, _ = load_classifier(repo / "models" / "stage3" / KEY, "stage3")
+    direct = predict_proba(model, test_x[:64], 64, torch.device("cpu")).argmax(1)
+    assert pred.dtype == np.int64 and np.array_equal(pred, direct)
+
+    generators = [m for m in mlflow.search_logged_models(experiment_ids=[exp], output_format="list")
+                  if m.name == "generator"]
+    images = mlflow.pyfunc.load_model(generators[0].model_uri).predict(np.array([3, 3], np.int64))
+    shard = np.load(repo / "data" / "generated" / KEY / "shard-000.npz")
+    assert np.array_equal(images, shard["images"][shard["labels"] == 3][:2])
+
+
+def test_dvc_plots_render_curves_fid_against_steps_and_the_confusion_matrix(smoke_repo):
+    repo, _ = smoke_repo
+    ok(sh(["dvc", "plots", "show", "-o", "plots_html"], repo))
+    html = (repo / "plots_html" / "index.html").read_text()
+    for name in ("fid_curve.csv", "stage3_test_predictions.csv", "stage1/train_curve.csv", "confusion_stage3.png"):
+        assert name in html, name
+    fid_rows = (repo / "plots" / "stage2" / "fid_curve.csv").read_text().splitlines()
+    assert fid_rows[0] == "step,fid" and [r.split(",")[0] for r in fid_rows[1:]] == ["15", "30"]
+
+
+def test_two_queued_experiments_run_at_once_and_both_log_completely(smoke_repo):
+    """`dvc exp run --queue` + `dvc queue start -j 2`: both finish, `dvc exp show` has their metrics, and one
+    MLflow store holds a complete pipeline run for each, consistent with its metrics."""
+    repo, _ = smoke_repo
+    ok(sh(["git", "add", "-A"], repo))
+    ok(sh(["git", "commit", "-q", "-m", "smoke baseline"], repo))
+    before = tracked_bytes(repo)
+    names = {}
+    for lpc in (1, 2):
+        out = ok(sh(["dvc", "exp", "run", "--queue", "-S", f"base.labels_per_class={lpc}", "-S", "base.seed=1"], repo))
+        names[f"lpc{lpc}-seed1"] = re.search(r"Queued experiment '([^']+)'", out).group(1)
+    ok(sh(["dvc", "queue", "start", "-j", "2"], repo))
+    deadline = time.time() + 1200
+    while True:
+        status = ok(sh(["dvc", "queue", "status"], repo))
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        assert time.time() < deadline, status
+        time.sleep(5)
+    logs = {name: sh(["dvc", "queue", "logs", name], repo).stdout[-3000:] for name in names.values()}
+    assert status.count("Success") == 2, status + "\n".join(logs.values())
+
+    shown = json.loads(ok(sh(["dvc", "exp", "show", "--json"], repo)))
+    exps = {e["name"]: e for rev in shown for e in (rev.get("experiments") or [])}
+    table = ok(sh(["dvc", "exp", "show", "--md", "--only-changed"], repo))
+    client, exp = store(repo)
+    for key, name in names.items():
+        assert name in table
+        metrics = exps[name]["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]
+        runs = client.search_runs([exp], f"tags.`dvc.exp_name` = '{name}'", max_results=100)
+        children = {r.data.tags["stage"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+        assert {r.data.tags["run_key"] for r in runs} == {key}
+        assert len({r.data.tags["mlflow.parentRunId"] for r in children.values()}) == 1
+        assert set(STAGES) - {"prepare", "gate_prepared", "fid_reference"} <= set(children), sorted(children)
+        assert all(r.info.status == "FINISHED" for r in children.values())
+        assert children["evaluate"].data.metrics["top1_stage3"] == pytest.approx(metrics["top1_stage3"])
+        assert children["evaluate"].data.metrics["fid"] == pytest.approx(metrics["fid"])
+    assert tracked_bytes(repo) == before  # the workspace's own outputs are untouched
+
+
+def _push_delete_pull(repo: Path, remote: str, env_extra=None) -> None:
+    before = tracked_bytes(repo)
+    ok(sh(["dvc", "push", "-r", remote], repo, env_extra))
+    shutil.rmtree(repo / ".dvc" / "cache")
+    for top in ("data/prepared", "data/splits", "data/pseudo_labels", "data/generated", "data/fid_ref", "models",
+                "reports/gates"):
+        for item in (repo / top).iterdir():
+            if item.name != ".gitignore":
+                (shutil.rmtree if item.is_dir() else os.remove)(item)
+    assert tracked_bytes(repo) != before
+    ok(sh(["dvc", "pull", "-r", remote], repo, env_extra))
+    assert tracked_bytes(repo) == before
+    assert "up to date" in ok(sh(["dvc", "status"], repo))
+
+
+def test_the_default_local_remote_restores_everything_byte_for_byte(smoke_repo, tmp_path):
+    repo, _ = smoke_repo
+    remote = ok(sh(["dvc", "remote", "default"], repo)).strip()
+    assert remote == "local"
+    ok(sh(["dvc", "remote", "modify", "--local", "local", "url", str(tmp_path / "storage")], repo))
+    _push_delete_pull(repo, "local")
+    assert any((tmp_path / "storage").rglob("*.dir"))
+
+
+def test_an_s3_remote_on_a_local_moto_server_restores_everything(smoke_repo):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    repo, _ = smoke_repo
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+        s3.create_bucket(Bucket="dpt-dvc")
+        ok(sh(["dvc", "remote", "add", "--local", "s3", "s3://dpt-dvc/store"], repo))
+        ok(sh(["dvc", "remote", "modify", "--local", "s3", "endpointurl", endpoint], repo))
+        _push_delete_pull(repo, "s3", creds)
+        keys = s3.list_objects_v2(Bucket="dpt-dvc", Prefix="store/")
+        assert keys["KeyCount"] > 10
+    finally:
+        server.stop()
 
 
 def test_a_failing_gate_stops_the_pipeline_before_the_expensive_stage(smoke_repo):

@@ -95,6 +95,8 @@ class DiffusionConfig:
     num_train_timesteps: int = 1000
     grad_accum: int = 1
     checkpoint_every: int = 500
+    fid_every: int = 0          # guided FID of the EMA weights every N steps (0: off), for the FID-vs-steps plot
+    fid_images: int = 250       # generated and reference images of that FID (small: a trend, not the result)
 
 
 @dataclass
@@ -282,6 +284,8 @@ def validate(cfg: Config) -> None:
            f"stage2.prediction_type: unknown {d.prediction_type!r} (valid: epsilon, v_prediction)")
     for key in ("grad_accum", "batch_size", "checkpoint_every"):
         _check(getattr(d, key) >= 1, f"stage2.{key} must be at least 1, got {getattr(d, key)}")
+    _check(d.fid_every >= 0, f"stage2.fid_every must be at least 0 (0: off), got {d.fid_every}")
+    _check(d.fid_images >= 2, f"stage2.fid_images must be at least 2, got {d.fid_images}")
     _check(d.num_train_timesteps >= 2, f"stage2.num_train_timesteps must be at least 2, got {d.num_train_timesteps}")
     _check(d.warmup_steps >= 0, f"stage2.warmup_steps must be at least 0, got {d.warmup_steps}")
     _check(d.beta_schedule in BETA_SCHEDULES,

@@ -33,6 +33,7 @@ class DiffusionResult:
     ema_unet: torch.nn.Module
     scheduler_config: dict
     curve: list[dict] = field(default_factory=list)
+    fid_curve: list[dict] = field(default_factory=list)
     images_per_second: float = 0.0
     resumed_from: int = 0
 
@@ -58,7 +59,9 @@ def fingerprint(cfg: DiffusionConfig, seed: int, labels: np.ndarray, n_images: i
 
 def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray, *, num_classes: int, seed: int,
                     device: torch.device, checkpoint: Path | None = None,
-                    on_log: Callable[[int, dict], None] | None = None) -> DiffusionResult:
+                    on_log: Callable[[int, dict], None] | None = None,
+                    on_eval: Callable[[int, torch.nn.Module], float] | None = None) -> DiffusionResult:
+    """Train; `on_eval(step, ema_unet)` (every `cfg.fid_every` steps and at the end) returns a guided FID."""
     from diffusers.training_utils import EMAModel
 
     channels, size = images.shape[3], images.shape[1]
@@ -82,6 +85,7 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["lr_scheduler"])
         result.curve = list(state["curve"])
+        result.fid_curve = list(state.get("fid_curve", []))
         start = result.resumed_from = int(state["step"])
         log.info("stage2: resuming from step %d (%s)", start, checkpoint)
 
@@ -119,10 +123,21 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray
                 result.curve.append(row)
                 if on_log:
                     on_log(step, row)
-            if checkpoint is not None and step < cfg.steps - 1 and (step + 1) % cfg.checkpoint_every == 0:
+            done = step + 1
+            if on_eval and cfg.fid_every and (done % cfg.fid_every == 0 or done == cfg.steps):
+                t_eval = time.perf_counter()
+                ema.store(unet.parameters())
+                ema.copy_to(unet.parameters())
+                result.fid_curve.append({"step": done, "fid": on_eval(done, unet.eval())})
+                ema.restore(unet.parameters())
+                unet.train()
+                t0 += time.perf_counter() - t_eval  # the step rate counts training only
+                if on_log:
+                    on_log(step, {"fid_during_training": result.fid_curve[-1]["fid"]})
+            if checkpoint is not None and done < cfg.steps and done % cfg.checkpoint_every == 0:
                 save_checkpoint(checkpoint, {"model": unet.state_dict(), "ema": ema.state_dict(),
                                              "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
-                                             "step": step + 1, "curve": result.curve})
+                                             "step": done, "curve": result.curve, "fid_curve": result.fid_curve})
             bar.update(1, f"loss {total:.4f}")
     elapsed = time.perf_counter() - t0
     result.images_per_second = seen / elapsed if elapsed > 0 else 0.0

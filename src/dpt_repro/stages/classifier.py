@@ -65,8 +65,8 @@ def train_and_save(cfg: Config, section: str, data: ClassifierData, stream: int,
     return result
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    keys: list[str] = []
+def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    keys: list[str] = list(fields or [])
     for row in rows:
         keys += [k for k in row if k not in keys]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:

@@ -19,7 +19,7 @@ from dpt_repro.metrics import fid
 from dpt_repro.metrics.classification import plot_confusion, summary
 from dpt_repro.runtime import setup
 from dpt_repro.ssl.train import predict_proba
-from dpt_repro.stages.classifier import load_classifier
+from dpt_repro.stages.classifier import load_classifier, write_csv
 
 
 def run(cfg: Config, params_file: Path) -> dict:
@@ -28,11 +28,11 @@ def run(cfg: Config, params_file: Path) -> dict:
     device = setup(cfg.base)
     k = cfg.base.num_classes
     test_x, test_y = load_split(p.prepared, "test")
-    results = {}
+    results, preds = {}, {}
     for stage, folder in (("stage1", p.stage1), ("stage3", p.stage3)):
         model, _ = load_classifier(folder, f"{stage} classifier")
-        pred = predict_proba(model.to(device), test_x, cfg.pseudo.batch_size, device).argmax(1)
-        results[stage] = summary(test_y, pred, k)
+        preds[stage] = predict_proba(model.to(device), test_x, cfg.pseudo.batch_size, device).argmax(1)
+        results[stage] = summary(test_y, preds[stage], k)
 
     table = read_parquet(p.pseudo_labels, "pseudo-labels", ["pseudo_label", "true_label"])
     gen_x, gen_y = load_generated(p.generated)
@@ -56,9 +56,12 @@ def run(cfg: Config, params_file: Path) -> dict:
     }
     write_json(p.metrics / "eval.json", metrics)
     names = load_manifest(p.prepared)["class_names"]
+    write_csv(p.plots / "stage3_test_predictions.csv",
+              [{"actual": names[a], "predicted": names[b]} for a, b in zip(test_y, preds["stage3"])])
     plot_confusion(np.asarray(results["stage3"]["confusion_matrix"]), names, p.plots / "confusion_stage3.png",
                    f"stage-3 classifier on test, {cfg.run_key}")
     with tracking.stage_run(cfg, "evaluate", ("eval",), params_file) as run:
+        run.datasets(prepared=p.prepared, generated=p.generated, fid_reference=p.fid_ref)
         run.metrics({k_: v for k_, v in metrics.items() if isinstance(v, float)})
         run.dict(metrics, "eval.json")
         run.artifact(p.plots / "confusion_stage3.png")

@@ -38,6 +38,7 @@ def run(cfg: Config, params_file: Path) -> dict:
     write_npz(p.fid_ref, mu=mu, sigma=sigma, features=feats.astype(np.float32), indices=idx,
               meta=np.array(json.dumps(meta)))
     with tracking.stage_run(cfg, "fid_reference", ("eval",), params_file) as run:
+        run.datasets(prepared=p.prepared)
         run.metrics({"reference_images": len(idx)})
         run.dict(meta, "fid_reference.json")
     return meta

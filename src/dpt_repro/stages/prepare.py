@@ -27,6 +27,6 @@ def run(cfg: Config, params_file: Path) -> dict:
     log.info("prepare: %d train / %d test images -> %s", splits["train"]["count"], splits["test"]["count"], out)
     with tracking.stage_run(cfg, "prepare", ("prepare",), params_file) as run:
         run.metrics({"train_images": splits["train"]["count"], "test_images": splits["test"]["count"]})
-        run.dataset(f"{cfg.base.dataset}-train", str(out.resolve()), splits["train"]["sha256"])
+        run.datasets(prepared=out)
         run.artifact(out / "manifest.json")
     return manifest

@@ -41,6 +41,7 @@ def run(cfg: Config, params_file: Path) -> dict:
     plot_confusion(np.asarray(stats["confusion_matrix"]), class_names, p.plots / "pseudo_label_confusion.png",
                    f"stage-1 pseudo-labels vs true labels (train), {cfg.run_key}")
     with tracking.stage_run(cfg, "pseudo_label", ("pseudo",), params_file) as run:
+        run.datasets(prepared=p.prepared)
         run.metrics({k: v for k, v in metrics.items() if not isinstance(v, list)})
         run.metrics({f"precision_class_{c}": v for c, v in enumerate(stats["precision"])})
         run.metrics({f"recall_class_{c}": v for c, v in enumerate(stats["recall"])})

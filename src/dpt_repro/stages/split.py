@@ -49,5 +49,6 @@ def run(cfg: Config, params_file: Path) -> dict:
     write_json(p.split, split)
     with tracking.stage_run(cfg, "split", (), params_file) as run:
         run.metrics({"labelled_images": len(labelled), "validation_images": len(validation)})
+        run.datasets(prepared=p.prepared)
         run.artifact(p.split)
     return split

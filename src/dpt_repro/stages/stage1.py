@@ -17,11 +17,11 @@ def run(cfg: Config, params_file: Path) -> dict:
     images, labels, split = real_data(cfg)
     data = classifier_data(images, labels, split)
     with tracking.stage_run(cfg, "stage1", ("stage1",), params_file) as run:
-        run.dataset("split", str(p.split.resolve()), split["train_sha256"])
+        run.datasets(prepared=p.prepared, split=p.split)
         result = train_and_save(cfg, "stage1", data, STREAM, p.stage1, run)
         metrics = {"val_acc": result.best_val_acc, "best_step": result.best_step,
                    "images_per_second": round(result.images_per_second, 1)}
         run.metrics(metrics)
-        run.artifacts(p.stage1, "model")
+        run.classifier_model(p.stage1, "classifier", images.shape[1:])
     write_json(p.metrics / "stage1.json", metrics)
     return metrics

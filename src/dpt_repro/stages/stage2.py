@@ -11,7 +11,7 @@ import numpy as np
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import load_split
-from dpt_repro.diffusion.train import fingerprint, train_diffusion
+from dpt_repro.diffusion.train import fingerprint, make_scheduler, train_diffusion
 from dpt_repro.errors import UserError
 from dpt_repro.io import atomic_dir, read_parquet, write_json
 from dpt_repro.runtime import setup
@@ -26,6 +26,35 @@ def load_pseudo_labels(cfg: Config, n_images: int) -> np.ndarray:
     return table["pseudo_label"].to_numpy()
 
 
+def training_fid(cfg: Config, images: np.ndarray, device):
+    """`on_eval` for the trainer: FID of guided EMA samples, sampled as the sample stage does, against
+    `stage2.fid_images` train images. Small N biases it upward: it shows the trend, evaluate gives the result."""
+    import torch
+
+    from dpt_repro.diffusion.sample import class_plan, guided_sample
+    from dpt_repro.metrics import fid
+    from dpt_repro.stages.fid_reference import reference_indices
+
+    n, k, s = cfg.stage2.fid_images, cfg.base.num_classes, cfg.sample
+    net = fid.load_inception(device)
+    kw = {"batch_size": cfg.eval.batch_size, "device": device}
+    ref = fid.statistics(fid.extract_features(images[reference_indices(len(images), n)], net, **kw,
+                                              description="training FID reference"))
+    labels, index, seeds = class_plan(k, -(-n // k), cfg.base.seed)
+    order = np.lexsort((labels, index))[:n]  # class-balanced: the i-th image of every class, then the (i+1)-th
+    labels, seeds = labels[order], seeds[order]
+    scheduler_config = dict(make_scheduler(cfg.stage2).config)
+
+    def on_eval(step: int, ema_unet) -> float:
+        batches = [guided_sample(ema_unet, scheduler_config, torch.from_numpy(labels[i:i + s.batch_size]),
+                                 seeds[i:i + s.batch_size].tolist(), guidance_scale=s.guidance_scale,
+                                 steps=s.steps, null_class=k, device=device) for i in range(0, n, s.batch_size)]
+        gen = fid.statistics(fid.extract_features(np.concatenate(batches), net, **kw, description=f"FID @ {step}"))
+        return fid.frechet_distance(*gen, *ref)
+
+    return on_eval
+
+
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
     device = setup(cfg.base)
@@ -37,9 +66,10 @@ def run(cfg: Config, params_file: Path) -> dict:
     fp = fingerprint(c, cfg.base.seed, labels, len(images), images.shape[1])
     ckpt = Path("checkpoints") / "stage2" / cfg.run_key / f"{fp}.pt"
     with tracking.stage_run(cfg, "stage2", ("stage2",), params_file) as run:
-        run.dataset("pseudo_labels", str(p.pseudo_labels.resolve()), fp)
+        run.datasets(prepared=p.prepared, pseudo_labels=p.pseudo_labels)
         result = train_diffusion(c, images, labels, num_classes=cfg.base.num_classes, seed=cfg.base.seed,
-                                 device=device, checkpoint=ckpt, on_log=lambda s, row: run.metrics(row, step=s))
+                                 device=device, checkpoint=ckpt, on_log=lambda s, row: run.metrics(row, step=s),
+                                 on_eval=training_fid(cfg, images, device) if c.fid_every else None)
         with atomic_dir(p.stage2) as tmp:
             result.unet.save_pretrained(tmp / "unet")
             result.ema_unet.save_pretrained(tmp / "unet_ema")
@@ -51,10 +81,12 @@ def run(cfg: Config, params_file: Path) -> dict:
                                                "resumed_from": result.resumed_from})
             write_csv(tmp / "train_curve.csv", result.curve)
         write_csv(p.plots / "stage2" / "train_curve.csv", result.curve)
+        write_csv(p.plots / "stage2" / "fid_curve.csv", result.fid_curve, fields=["step", "fid"])
         ckpt.unlink(missing_ok=True)
         metrics = {"final_loss": result.curve[-1]["loss"], "images_per_second": round(result.images_per_second, 1),
                    "parameters": sum(q.numel() for q in result.unet.parameters())}
         run.metrics(metrics)
-        run.artifacts(p.stage2, "model")
+        run.generator_model(p.stage2, images.shape[1:], seed=cfg.base.seed,
+                            guidance_scale=cfg.sample.guidance_scale, steps=cfg.sample.steps)
     write_json(p.metrics / "stage2.json", metrics)
     return metrics

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.data.shards import load_generated, load_generated_manifest
+from dpt_repro.data.shards import load_generated
 from dpt_repro.io import write_json
 from dpt_repro.stages.classifier import classifier_data, real_data, train_and_save
 
@@ -19,15 +19,14 @@ def run(cfg: Config, params_file: Path) -> dict:
     images, labels, split = real_data(cfg)
     gen_x, gen_y = load_generated(p.generated)
     data = classifier_data(images, labels, split, gen_x, gen_y)
-    manifest = load_generated_manifest(p.generated)
     with tracking.stage_run(cfg, "stage3", ("stage3",), params_file) as run:
-        run.dataset("split", str(p.split.resolve()), split["train_sha256"])
-        run.dataset("generated", str(p.generated.resolve()), manifest["fingerprint"])
+        run.datasets(prepared=p.prepared, split=p.split, generated=p.generated)
         result = train_and_save(cfg, "stage3", data, STREAM, p.stage3, run)
         metrics = {"val_acc": result.best_val_acc, "best_step": result.best_step,
                    "images_per_second": round(result.images_per_second, 1),
                    "generated_share_of_labelled": round(len(gen_x) / len(data.labelled_x), 4)}
         run.metrics(metrics)
-        run.artifacts(p.stage3, "model")
+        uri = run.classifier_model(p.stage3, "classifier", images.shape[1:])
+        run.register_champion_candidate(uri, result.best_val_acc, cfg)
     write_json(p.metrics / "stage3.json", metrics)
     return metrics

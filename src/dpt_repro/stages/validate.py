@@ -84,6 +84,8 @@ def _mix(cfg: Config):
 
 BUILDERS = {"prepared": _prepared, "split": _split, "pseudo_labels": _pseudo_labels, "generated": _generated,
             "mix": _mix}
+INPUTS = {"prepared": ("prepared",), "split": ("prepared", "split"), "pseudo_labels": ("pseudo_labels", "split"),
+          "generated": ("generated",), "mix": ("split", "generated")}
 
 
 def run(cfg: Config, params_file: Path, gate: str = "pseudo_labels") -> dict:
@@ -103,6 +105,7 @@ def run(cfg: Config, params_file: Path, gate: str = "pseudo_labels") -> dict:
     with tracking.stage_run(cfg, f"gate_{gate}", ("gates",), params_file) as run:
         run.metrics({f"gate_{gate}_passed": float(report["success"]),
                      f"gate_{gate}_failed_checks": float(sum(not c["success"] for c in report["checks"]))})
+        run.datasets(**{name: getattr(p, name) for name in INPUTS[gate]})
         run.dict(report, f"gate_{gate}.json")
         run.artifacts(docs, f"data_docs_{gate}")
     if not report["success"]:
