@@ -3,6 +3,7 @@ gives; rerun a stage and get bit-identical outputs. Smoke profile, real CLI proc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -96,3 +97,67 @@ def test_sampling_killed_between_shards_resumes_by_shard_with_identical_images(r
     assert "(resumed)" in result.stderr
     for name, images in reference.items():
         assert np.array_equal(np.load(out / name)["images"], images), name
+
+
+def test_prepare_killed_while_writing_its_shards_leaves_no_output_and_reruns_identically(repo):
+    out = repo / "data" / "prepared" / "fashion-mnist"
+    reference = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    shutil.rmtree(out)
+    killed_after(repo, "data/prepared/.fashion-mnist.*.tmp/train-000.npz", "prepare")
+    assert not out.exists()  # the half-written folder never took the output's name
+    cli(repo, "prepare")
+    assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == reference
+
+
+def _limited_file_size(limit: int):
+    def apply() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_write_that_fails_for_lack_of_space_keeps_the_previous_output(repo):
+    table = repo / "data" / "pseudo_labels" / KEY / "pseudo_labels.parquet"
+    before = table.read_bytes()
+    assert len(before) > 200_000
+    exe = Path(sys.executable).parent / "dpt-repro"
+    result = subprocess.run([str(exe), "pseudo-label"], cwd=repo, capture_output=True, text=True, timeout=600,
+                            preexec_fn=_limited_file_size(200_000))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "could not write" in result.stderr and "earlier outputs are intact" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert table.read_bytes() == before
+    assert not list(table.parent.glob(".*.tmp"))  # the temporary file was removed
+
+
+def test_a_refused_parameter_deletes_nothing_finished(repo):
+    weights = repo / "models" / "stage1" / KEY / "model.safetensors"
+    before = weights.read_bytes()
+    exe = Path(sys.executable).parent / "dpt-repro"
+    for bad in ("stage1.threshold=1.5", "stage1.batch_size=100000", "stage1.algorithm=meanteacher"):
+        result = subprocess.run([str(exe), "stage1", "-S", bad], cwd=repo, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (bad, result.stderr[-1500:])
+        assert bad.split("=")[1] in result.stderr, bad
+        assert weights.read_bytes() == before
+
+
+def test_samples_and_metrics_are_identical_on_rerun(repo):
+    if not (repo / "models" / "stage2" / KEY).exists():  # when run alone
+        cli(repo, "stage2")
+    cli(repo, "sample")
+    shards = {p.name: p.read_bytes() for p in sorted((repo / "data" / "generated" / KEY).glob("*"))}
+    for stage in ("fid-reference", "stage3", "evaluate"):
+        cli(repo, stage)
+    def metrics_now() -> dict:  # everything but the measured speed
+        return {name: {k: v for k, v in json.loads((repo / "metrics" / name).read_text()).items()
+                       if k != "images_per_second"} for name in ("stage3.json", "eval.json", "pseudo_label.json")}
+
+    metrics = metrics_now()
+    assert {"fid", "kid", "top1_stage3"} <= set(metrics["eval.json"])
+    for stage in ("sample", "stage3", "evaluate"):
+        cli(repo, stage)
+    assert {p.name: p.read_bytes() for p in sorted((repo / "data" / "generated" / KEY).glob("*"))} == shards
+    assert metrics_now() == metrics

@@ -46,3 +46,28 @@ def test_weights_are_checked_against_their_hash():
     assert fid.weights_path().name == "default_1.pt"
     proto = fid.protocol("clean", 10, "fashion-mnist train", 20)
     assert proto["weights_sha256"] == fid.WEIGHTS_SHA256 and proto["n_generated"] == 10
+
+
+def test_streaming_statistics_equal_the_in_memory_ones_and_keep_a_bounded_sample():
+    rng = np.random.default_rng(1)
+    feats = rng.normal(5.0, 2.0, size=(1000, 32)) + rng.normal(size=32)
+    stats = fid.StreamingStatistics(total=1000, keep=100, seed=3)
+    for start in range(0, 1000, 130):  # uneven batches
+        stats.update(feats[start:start + 130])
+    mu, sigma, kept = stats.result()
+    ref_mu, ref_sigma = fid.statistics(feats)
+    np.testing.assert_allclose(mu, ref_mu, rtol=1e-10)
+    np.testing.assert_allclose(sigma, ref_sigma, rtol=1e-8, atol=1e-10)
+    assert kept.shape == (100, 32)
+    np.testing.assert_allclose(kept, feats[stats.keep_index].astype(np.float32))
+    assert len(np.unique(stats.keep_index)) == 100 and stats.keep_index.max() > 500  # spread, not the first rows
+
+
+def test_stream_statistics_over_shards_matches_extract_features(net):
+    images = real_like(20, 2)
+    mu, sigma, kept = fid.stream_statistics(iter([images[:7], images[7:]]), 20, net, batch_size=5,
+                                            device=torch.device("cpu"), keep=8)
+    ref = fid.extract_features(images, net, batch_size=20, device=torch.device("cpu"))
+    np.testing.assert_allclose(mu, ref.mean(0), rtol=1e-5, atol=1e-6)
+    assert fid.frechet_distance(mu, sigma, *fid.statistics(ref)) == pytest.approx(0.0, abs=1e-3)
+    assert kept.shape == (8, 2048)

@@ -116,3 +116,9 @@ def test_an_unreachable_server_names_the_address_and_loses_no_output(workdir):
     assert f"MLflow tracking server {uri} is unreachable" in err
     assert "NOT logged" in err and "mlflow server" in err
     assert "Traceback" not in result.stderr
+
+
+def test_the_packaged_server_command_binds_to_loopback_by_default():
+    dry = subprocess.run(["make", "-n", "mlflow-server"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    command = dry.stdout[dry.stdout.index("mlflow server"):].replace("\\\n", " ")
+    assert "--host 127.0.0.1 " in command and "--backend-store-uri" in command

@@ -7,6 +7,7 @@ Heavy libraries are imported inside the commands so `dpt-repro --help` answers a
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -54,6 +55,12 @@ def _run_stage(module: str, params: Path, lpc: int | None, seed: int | None, dev
         _fail(str(exc), 2)
     except GateFailed as exc:
         _fail(str(exc), 1)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        _fail(f"could not write{where}: {exc.strerror or exc} (disk full or file-size limit); free space and "
+              "rerun: outputs are renamed into place only when complete, so earlier outputs are intact", 1)
 
 
 def _stage_command(name: str, module: str, help_text: str) -> None:

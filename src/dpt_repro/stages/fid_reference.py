@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.data.shards import load_manifest, load_split
+from dpt_repro.data.shards import iter_split, load_manifest, split_count
 from dpt_repro.io import write_npz
 from dpt_repro.metrics import fid
 from dpt_repro.runtime import setup
@@ -22,16 +23,23 @@ def reference_indices(n_total: int, n: int) -> np.ndarray:
     return np.sort(np.random.default_rng(REFERENCE_SEED).choice(n_total, n, replace=False))
 
 
+def _selected(folder: Path, split: str, idx: np.ndarray) -> Iterator[np.ndarray]:
+    """The images at the sorted indices `idx`, shard by shard."""
+    offset = 0
+    for images, _ in iter_split(folder, split):
+        lo, hi = np.searchsorted(idx, [offset, offset + len(images)])
+        yield images[idx[lo:hi] - offset]
+        offset += len(images)
+
+
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
     e = cfg.eval
     device = setup(cfg.base)
-    images, _ = load_split(p.prepared, e.fid_ref_split)
-    idx = reference_indices(len(images), e.fid_ref_images)
+    idx = reference_indices(split_count(p.prepared, e.fid_ref_split), e.fid_ref_images)
     net = fid.load_inception(device)
-    feats = fid.extract_features(images[idx], net, batch_size=e.batch_size, device=device,
-                                 description="fid reference")
-    mu, sigma = fid.statistics(feats)
+    mu, sigma, feats = fid.stream_statistics(_selected(p.prepared, e.fid_ref_split, idx), len(idx), net,
+                                             batch_size=e.batch_size, device=device, description="fid reference")
     digest = load_manifest(p.prepared)["splits"][e.fid_ref_split]["sha256"]
     meta = {"dataset": cfg.base.dataset, "split": e.fid_ref_split, "n": int(len(idx)), "resize": e.fid_resize,
             "network": fid.NETWORK, "weights_sha256": fid.WEIGHTS_SHA256, "data_sha256": digest}

@@ -13,7 +13,7 @@ import pandas as pd
 
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.data.shards import load_manifest, load_split
+from dpt_repro.data.shards import iter_split, load_manifest
 from dpt_repro.io import atomic_path, write_json
 from dpt_repro.metrics.classification import plot_confusion, summary
 from dpt_repro.runtime import setup
@@ -21,15 +21,25 @@ from dpt_repro.ssl.train import predict_proba
 from dpt_repro.stages.classifier import load_classifier
 
 
+def predict_split(model, folder: Path, split: str, batch_size: int, device) -> pd.DataFrame:
+    """The pseudo-label table of one split, read one shard at a time: memory holds one shard and the table."""
+    pseudo, confidence, labels = [], [], []
+    for images, shard_labels in iter_split(folder, split):
+        probs = predict_proba(model, images, batch_size, device)
+        pseudo.append(probs.argmax(1).astype(np.int64))
+        confidence.append(probs.max(1).astype(np.float32))
+        labels.append(shard_labels)
+    pseudo = np.concatenate(pseudo)
+    return pd.DataFrame({"index": np.arange(len(pseudo), dtype=np.int64), "pseudo_label": pseudo,
+                         "confidence": np.concatenate(confidence), "true_label": np.concatenate(labels)})
+
+
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
     device = setup(cfg.base)
     model, _ = load_classifier(p.stage1, "stage-1 classifier")
-    images, labels = load_split(p.prepared, "train")
-    probs = predict_proba(model.to(device), images, cfg.pseudo.batch_size, device)
-    pseudo = probs.argmax(1)
-    table = pd.DataFrame({"index": np.arange(len(images), dtype=np.int64), "pseudo_label": pseudo.astype(np.int64),
-                          "confidence": probs.max(1).astype(np.float32), "true_label": labels})
+    table = predict_split(model.to(device), p.prepared, "train", cfg.pseudo.batch_size, device)
+    pseudo, labels = table["pseudo_label"].to_numpy(), table["true_label"].to_numpy()
     with atomic_path(p.pseudo_labels) as tmp:
         table.to_parquet(tmp, index=False)
     stats = summary(labels, pseudo, cfg.base.num_classes)
