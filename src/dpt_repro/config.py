@@ -96,7 +96,7 @@ class DiffusionConfig:
     grad_accum: int = 1
     checkpoint_every: int = 500
     fid_every: int = 0          # guided FID of the EMA weights every N steps (0: off), for the FID-vs-steps plot
-    fid_images: int = 250       # generated and reference images of that FID (small: a trend, not the result)
+    fid_images: int = 200       # generated and reference images of that FID (small: a trend, not the result)
 
 
 @dataclass

@@ -133,7 +133,7 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray
                 unet.train()
                 t0 += time.perf_counter() - t_eval  # the step rate counts training only
                 if on_log:
-                    on_log(step, {"fid_during_training": result.fid_curve[-1]["fid"]})
+                    on_log(done, {"fid_during_training": result.fid_curve[-1]["fid"]})
             if checkpoint is not None and done < cfg.steps and done % cfg.checkpoint_every == 0:
                 save_checkpoint(checkpoint, {"model": unet.state_dict(), "ema": ema.state_dict(),
                                              "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
