@@ -146,11 +146,11 @@ class StageRun:
         self.stage = stage
         self.offline = mlflow is None
 
-    def _call(self, what: str, fn, *args, **kwargs):
+    def _call(self, what: str, fn):
         if self.offline:
             return None
         try:
-            return fn(*args, **kwargs)
+            return fn()
         except _connection_errors() as exc:
             self.offline = True
             log.warning("MLflow tracking at %s failed while logging %s (%s); stage %s goes on and writes its "
@@ -185,7 +185,7 @@ class StageRun:
             dataset = MetaDataset(src, name=name, digest=dvc_hash(path))
             self._call(f"dataset {name}", lambda: self._mlflow.log_input(dataset))
 
-    def classifier_model(self, model_dir: Path, name: str, image_shape: tuple[int, int, int]) -> str | None:
+    def classifier_model(self, model_dir: Path, image_shape: tuple[int, int, int]) -> str | None:
         """Log a saved classifier as a pyfunc model: predict(uint8 images) gives class ids. Returns its URI."""
         import numpy as np
         from mlflow.models import ModelSignature
@@ -194,7 +194,7 @@ class StageRun:
         signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape))]),
                                    outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]),
                                    params=ParamSchema([ParamSpec("batch_size", "long", 256)]))
-        return self._model("classifier", model_dir, name, signature, ())
+        return self._model("classifier", model_dir, signature, ())
 
     def generator_model(self, model_dir: Path, image_shape: tuple[int, int, int], *, seed: int,
                         guidance_scale: float, steps: int) -> str | None:
@@ -208,14 +208,14 @@ class StageRun:
                                    params=ParamSchema([ParamSpec("seed", "long", seed),
                                                        ParamSpec("guidance_scale", "double", guidance_scale),
                                                        ParamSpec("steps", "long", steps)]))
-        return self._model("generator", model_dir, "generator", signature, ("diffusers",))
+        return self._model("generator", model_dir, signature, ("diffusers",))
 
-    def _model(self, kind: str, model_dir: Path, name: str, signature, extra_dists: tuple[str, ...]) -> str | None:
+    def _model(self, kind: str, model_dir: Path, signature, extra_dists: tuple[str, ...]) -> str | None:
         import dpt_repro
 
         code = Path(__file__).parent / "mlflow_models" / f"{kind}.py"
-        info = self._call(f"model {name}", lambda: self._mlflow.pyfunc.log_model(
-            name=name, python_model=str(code), artifacts={"model_dir": str(model_dir)}, signature=signature,
+        info = self._call(f"model {kind}", lambda: self._mlflow.pyfunc.log_model(
+            name=kind, python_model=str(code), artifacts={"model_dir": str(model_dir)}, signature=signature,
             code_paths=[str(Path(dpt_repro.__file__).parent)], pip_requirements=_pip_requirements(*extra_dists)))
         return info.model_uri if info is not None else None
 

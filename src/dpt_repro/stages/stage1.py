@@ -22,6 +22,6 @@ def run(cfg: Config, params_file: Path) -> dict:
         metrics = {"val_acc": result.best_val_acc, "best_step": result.best_step,
                    "images_per_second": round(result.images_per_second, 1)}
         run.metrics(metrics)
-        run.classifier_model(p.stage1, "classifier", images.shape[1:])
+        run.classifier_model(p.stage1, images.shape[1:])
     write_json(p.metrics / "stage1.json", metrics)
     return metrics

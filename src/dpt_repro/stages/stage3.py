@@ -26,7 +26,7 @@ def run(cfg: Config, params_file: Path) -> dict:
                    "images_per_second": round(result.images_per_second, 1),
                    "generated_share_of_labelled": round(len(gen_x) / len(data.labelled_x), 4)}
         run.metrics(metrics)
-        uri = run.classifier_model(p.stage3, "classifier", images.shape[1:])
+        uri = run.classifier_model(p.stage3, images.shape[1:])
         run.register_champion_candidate(uri, result.best_val_acc, cfg)
     write_json(p.metrics / "stage3.json", metrics)
     return metrics
