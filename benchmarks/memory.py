@@ -57,13 +57,13 @@ def child(kind: str, way: str, folder: Path) -> dict:
             images, _ = load_split(folder, "train")
             n = len(predict_proba(model, images, 1000, device))
     else:
-        net = fid.load_inception(device)
+        extractor = fid.FeatureExtractor(device)
         if way == "ours":
-            fid.stream_statistics((x for x, _ in iter_split(folder, "train")), split_count(folder, "train"), net,
-                                  batch_size=50, device=device)
+            fid.stream_statistics((x for x, _ in iter_split(folder, "train")), split_count(folder, "train"),
+                                  extractor, batch_size=50)
         else:
             images, _ = load_split(folder, "train")
-            fid.statistics(fid.extract_features(images, net, batch_size=50, device=device))
+            fid.statistics(fid.extract_features(images, extractor, batch_size=50))
         n = split_count(folder, "train")
     return {"seconds": time.perf_counter() - t0, "images": n,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -65,6 +65,7 @@ def test_a_killed_diffusion_run_resumes_to_the_same_weights(toy_images, tmp_path
         train_diffusion(cfg, images, labels, num_classes=10, seed=0, device=CPU, checkpoint=ckpt, on_log=die)
     resumed = train_diffusion(cfg, images, labels, num_classes=10, seed=0, device=CPU, checkpoint=ckpt)
     assert resumed.resumed_from == 3
+    assert 0 < resumed.images_per_second < float("inf")
     for (k, v), (_, w) in zip(full.ema_unet.state_dict().items(), resumed.ema_unet.state_dict().items()):
         assert torch.equal(v, w), k
     assert np.isfinite(full.curve[-1]["loss"])
@@ -86,3 +87,57 @@ def test_default_schedule_and_prediction_keep_samples_in_range():
 
     assert saturated(DiffusionConfig()) < 0.5
     assert saturated(DiffusionConfig(prediction_type="epsilon")) > 0.9
+
+
+def test_a_checkpoint_of_another_configuration_is_refused_and_left_in_place(toy_images, tmp_path):
+    images, labels = toy_images
+    ckpt = tmp_path / "ckpt.pt"
+
+    def die(step, row):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_diffusion(tiny_cfg(), images, labels, num_classes=10, seed=0, device=CPU, checkpoint=ckpt, on_log=die)
+    before = ckpt.read_bytes()
+    with pytest.raises(UserError, match=r"another configuration \(stage2.lr: checkpoint 0.001, params 0.002\)"):
+        train_diffusion(tiny_cfg(lr=0.002), images, labels, num_classes=10, seed=0, device=CPU, checkpoint=ckpt)
+    with pytest.raises(UserError, match="different seed, labels or data"):
+        train_diffusion(tiny_cfg(), images, labels, num_classes=10, seed=1, device=CPU, checkpoint=ckpt)
+    assert ckpt.read_bytes() == before
+
+
+def test_sampling_refuses_a_generator_trained_for_another_shape(tmp_path):
+    from dpt_repro.config import Config
+    from dpt_repro.stages.sample import check_generator
+
+    unet = build_unet("small28", 28, 1, 10)
+    cfg = Config()
+    check_generator(cfg, tmp_path, unet, {"num_classes": 10})
+    cfg.base.num_classes = 5
+    with pytest.raises(UserError, match="trained with num_classes 10, but params say base.num_classes 5"):
+        check_generator(cfg, tmp_path, unet, {"num_classes": 10})
+    cfg.base.num_classes, cfg.base.channels = 10, 3
+    with pytest.raises(UserError, match="channels 1, but params say base.channels 3"):
+        check_generator(cfg, tmp_path, unet, {"num_classes": 10})
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "ddpm"])
+def test_other_samplers_keep_one_noise_stream_per_image(scheduler):
+    from dpt_repro.diffusion.train import make_scheduler
+
+    torch.manual_seed(0)
+    unet = build_unet("small28", 28, 1, 10).eval()
+    sched = dict(make_scheduler(DiffusionConfig()).config)
+    labels, seeds = torch.tensor([0, 1, 2]), [image_seed(0, c, 0) for c in range(3)]
+    kw = dict(steps=4, null_class=10, device=CPU, guidance_scale=1.5, scheduler=scheduler)
+    batch = guided_sample(unet, sched, labels, seeds, **kw)
+    alone = guided_sample(unet, sched, labels[1:2], seeds[1:2], **kw)
+    assert batch.shape == (3, 28, 28, 1)
+    assert np.abs(alone[0].astype(int) - batch[1].astype(int)).max() <= 1  # DDPM's step noise is per image too
+    dpm = guided_sample(unet, sched, labels, seeds, **{**kw, "scheduler": "dpmsolver++"})
+    assert not np.array_equal(dpm, batch)
+    with pytest.raises(UserError, match="unknown sampler scheduler 'euler'"):
+        guided_sample(unet, sched, labels, seeds, **{**kw, "scheduler": "euler"})
+    with pytest.raises(UserError, match="sample.steps must be at least 1, got 0"):
+        guided_sample(unet, sched, labels, seeds, **{**kw, "steps": 0})

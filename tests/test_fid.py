@@ -2,12 +2,13 @@ import numpy as np
 import pytest
 import torch
 
+from dpt_repro.errors import UserError
 from dpt_repro.metrics import fid
 
 
 @pytest.fixture(scope="module")
 def net():
-    return fid.load_inception(torch.device("cpu"))
+    return fid.FeatureExtractor(torch.device("cpu"))
 
 
 def real_like(n, seed, shift=0):
@@ -30,10 +31,10 @@ def test_frechet_distance_matches_clean_fid():
 
 def test_fid_is_near_zero_for_identical_sets_and_large_for_shifted(net):
     a = real_like(24, 0)
-    fa = fid.extract_features(a, net, batch_size=12, device=torch.device("cpu"))
+    fa = fid.extract_features(a, net, batch_size=12)
     assert fa.shape == (24, 2048)
-    fb = fid.extract_features(real_like(24, 0, shift=-120), net, batch_size=12, device=torch.device("cpu"))
-    fc = fid.extract_features(real_like(24, 1), net, batch_size=12, device=torch.device("cpu"))
+    fb = fid.extract_features(real_like(24, 0, shift=-120), net, batch_size=12)
+    fc = fid.extract_features(real_like(24, 1), net, batch_size=12)
     same = fid.frechet_distance(*fid.statistics(fa), *fid.statistics(fa))
     near = fid.frechet_distance(*fid.statistics(fa), *fid.statistics(fc))
     far = fid.frechet_distance(*fid.statistics(fa), *fid.statistics(fb))
@@ -65,9 +66,39 @@ def test_streaming_statistics_equal_the_in_memory_ones_and_keep_a_bounded_sample
 
 def test_stream_statistics_over_shards_matches_extract_features(net):
     images = real_like(20, 2)
-    mu, sigma, kept = fid.stream_statistics(iter([images[:7], images[7:]]), 20, net, batch_size=5,
-                                            device=torch.device("cpu"), keep=8)
-    ref = fid.extract_features(images, net, batch_size=20, device=torch.device("cpu"))
+    mu, sigma, kept = fid.stream_statistics(iter([images[:7], images[7:]]), 20, net, batch_size=5, keep=8)
+    ref = fid.extract_features(images, net, batch_size=20)
     np.testing.assert_allclose(mu, ref.mean(0), rtol=1e-5, atol=1e-6)
     assert fid.frechet_distance(mu, sigma, *fid.statistics(ref)) == pytest.approx(0.0, abs=1e-3)
     assert kept.shape == (8, 2048)
+
+
+@pytest.mark.parametrize("shape", [(6, 28, 28, 1), (4, 32, 32, 3), (2, 320, 310, 3)])
+def test_clean_resize_on_tensors_equals_clean_fids_pil_resizer(shape):
+    from cleanfid.resize import make_resizer
+
+    images = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    pil = make_resizer("PIL", False, "bicubic", (299, 299))
+    expected = np.stack([pil(np.repeat(img, 3 // img.shape[2], axis=2)) for img in images])[..., :shape[3]]
+    ours = fid.resize_clean(torch.from_numpy(images).permute(0, 3, 1, 2).float()).permute(0, 2, 3, 1).numpy()
+    assert np.abs(ours - expected).max() < 0.01  # grey levels; bilinear (no antialias) differs by ~60
+
+
+def test_legacy_tensorflow_resize_samples_at_i_times_in_over_out_without_half_pixel_offset():
+    ramp = torch.arange(28, dtype=torch.float32).view(1, 1, 1, 28).expand(1, 1, 28, 28)
+    out = fid.resize_legacy_tensorflow(ramp)[0, 0, 0].numpy()
+    expected = np.minimum(np.arange(299) * 28 / 299, 27)  # TF1 align_corners=False: src = i * in / out
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+    half_pixel = torch.nn.functional.interpolate(ramp, size=(299, 299), mode="bilinear", align_corners=False)
+    assert np.abs(half_pixel[0, 0, 0].numpy() - expected).max() > 0.4  # PyTorch's bilinear is another protocol
+
+
+def test_the_two_resize_protocols_give_different_features_and_the_protocol_records_them(net):
+    images = real_like(8, 3)
+    tf = fid.FeatureExtractor(torch.device("cpu"), resize="legacy_tensorflow")
+    assert np.abs(tf(images) - net(images)).max() > 1e-2
+    assert fid.protocol("legacy_tensorflow", 1, "x", 1)["resize_impl"].startswith("TensorFlow 1")
+    with pytest.raises(UserError, match="bfloat16"):
+        fid.FeatureExtractor(torch.device("cpu"), precision="bfloat16")
+    with pytest.raises(UserError, match="'bilinear'"):
+        fid.FeatureExtractor(torch.device("cpu"), resize="bilinear")

@@ -36,6 +36,9 @@ def setup(base: BaseConfig):
     import torch
 
     tune_allocator()
+    # Denormal floats run ~10x slower on x86 CPUs; they appear when updates get tiny (a diffusion run at low
+    # learning rate went from 1 s to 7.7 s per step). Flushing them to zero changes nothing measurable.
+    torch.set_flush_denormal(True)
     if base.threads > 0:
         torch.set_num_threads(base.threads)
     if base.device == "cuda" and not torch.cuda.is_available():

@@ -197,7 +197,7 @@ class StageRun:
         return self._model("classifier", model_dir, signature, ())
 
     def generator_model(self, model_dir: Path, image_shape: tuple[int, int, int], *, seed: int,
-                        guidance_scale: float, steps: int) -> str | None:
+                        guidance_scale: float, steps: int, scheduler: str) -> str | None:
         """Log the stage-2 generator as a pyfunc model: predict(class ids) gives uint8 images."""
         import numpy as np
         from mlflow.models import ModelSignature
@@ -207,7 +207,8 @@ class StageRun:
                                    outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape))]),
                                    params=ParamSchema([ParamSpec("seed", "long", seed),
                                                        ParamSpec("guidance_scale", "double", guidance_scale),
-                                                       ParamSpec("steps", "long", steps)]))
+                                                       ParamSpec("steps", "long", steps),
+                                                       ParamSpec("scheduler", "string", scheduler)]))
         return self._model("generator", model_dir, signature, ("diffusers",))
 
     def _model(self, kind: str, model_dir: Path, signature, extra_dists: tuple[str, ...]) -> str | None:

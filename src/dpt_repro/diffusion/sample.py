@@ -1,4 +1,4 @@
-"""Guided DPM-Solver++ sampling with one seed per image.
+"""Guided sampling with one seed per image: DPM-Solver++ (default), DDIM or DDPM ancestral.
 
 The initial noise of image i of class c comes from `image_seed(base_seed, c, i)`, so any image can be
 regenerated alone and no two classes share noise (the official CIFAR-10 code reuses seeds 0-1000 for every
@@ -13,37 +13,69 @@ import torch
 
 from dpt_repro.errors import UserError
 
+# name -> (diffusers scheduler class, extra config): every one is built from the training noise schedule.
+SCHEDULERS = {
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+}
+
+
+def make_sampler(scheduler_config: dict, name: str, steps: int):
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise UserError(f"unknown sampler scheduler {name!r} (valid: {', '.join(SCHEDULERS)})")
+    if steps < 1:
+        raise UserError(f"sample.steps must be at least 1, got {steps}")
+    cls, extra = SCHEDULERS[name]
+    sched = getattr(diffusers, cls).from_config(scheduler_config, **extra)
+    sched.set_timesteps(steps)
+    return sched
+
+
+def describe(name: str, steps: int) -> str:
+    cls, extra = SCHEDULERS[name]
+    return " ".join([cls, *(f"{k}={v}" for k, v in extra.items()), f"{steps} steps"])
+
+
 def image_seed(base_seed: int, cls: int, index: int) -> int:
     return int(np.random.SeedSequence([base_seed, cls, index]).generate_state(1, dtype=np.uint32)[0])
 
 
-def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+def image_generators(seeds: list[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def initial_noise(generators: list[torch.Generator], shape: tuple[int, int, int]) -> torch.Tensor:
+    return torch.stack([torch.randn(shape, generator=g) for g in generators])
 
 
 @torch.inference_mode()
 def guided_sample(unet, scheduler_config: dict, labels: torch.Tensor, seeds: list[int], *, guidance_scale: float,
-                  steps: int, null_class: int, device: torch.device) -> np.ndarray:
-    """Sample one batch; returns uint8 images [N, H, W, C]."""
-    from diffusers import DPMSolverMultistepScheduler
+                  steps: int, null_class: int, device: torch.device, scheduler: str = "dpmsolver++",
+                  mixed_precision: str = "no") -> np.ndarray:
+    """Sample one batch; returns uint8 images [N, H, W, C]. `mixed_precision="bf16"` autocasts on CUDA."""
+    from dpt_repro.diffusion.train import autocast
 
-    if steps < 1:
-        raise UserError(f"sample.steps must be at least 1, got {steps}")
     if guidance_scale < 0:
         raise UserError(f"sample.guidance_scale must be at least 0, got {guidance_scale}")
-    sched = DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++",
-                                                    solver_order=2)
-    sched.set_timesteps(steps)
+    sched = make_sampler(scheduler_config, scheduler, steps)
+    # Each image's generator draws its initial noise and, for DDPM's ancestral steps, all its later noise.
+    gens = image_generators(seeds)
+    step_kw = {"generator": gens} if scheduler == "ddpm" else {}
     cfg = unet.config
-    x = initial_noise(seeds, (cfg.in_channels, cfg.sample_size, cfg.sample_size)).to(device)
+    x = initial_noise(gens, (cfg.in_channels, cfg.sample_size, cfg.sample_size)).to(device)
     x = x * sched.init_noise_sigma
     labels = labels.to(device)
     both = torch.cat([labels, torch.full_like(labels, null_class)])
     for t in sched.timesteps:
-        out = unet(torch.cat([x, x]), t, class_labels=both).sample
-        cond, uncond = out.chunk(2)
+        x_in = sched.scale_model_input(torch.cat([x, x]), t)
+        with autocast(device, mixed_precision):
+            out = unet(x_in, t, class_labels=both).sample
+        cond, uncond = out.float().chunk(2)
         guided = uncond + guidance_scale * (cond - uncond)
-        x = sched.step(guided, t, x).prev_sample
+        x = sched.step(guided, t, x, **step_kw).prev_sample
     images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return images.permute(0, 2, 3, 1).cpu().numpy()
 

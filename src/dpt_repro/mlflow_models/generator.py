@@ -37,7 +37,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         return guided_sample(self.unet, self.scheduler_config, torch.from_numpy(labels), seeds,
                              guidance_scale=float(params.get("guidance_scale", 1.5)),
                              steps=int(params.get("steps", 20)), null_class=self.training["null_class"],
-                             device=torch.device("cpu"))
+                             scheduler=str(params.get("scheduler", "dpmsolver++")), device=torch.device("cpu"))
 
 
 mlflow.models.set_model(GeneratorModel())

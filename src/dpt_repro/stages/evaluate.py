@@ -14,6 +14,7 @@ import numpy as np
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import iter_generated, load_generated_manifest, load_manifest, load_split
+from dpt_repro.errors import UserError
 from dpt_repro.io import read_npz, read_parquet, write_json
 from dpt_repro.metrics import fid
 from dpt_repro.metrics.classification import plot_confusion, summary
@@ -38,10 +39,13 @@ def run(cfg: Config, params_file: Path) -> dict:
     n_generated = load_generated_manifest(p.generated)["count"]
     ref = read_npz(p.fid_ref, "FID reference statistics")
     ref_meta = json.loads(str(ref["meta"]))
-    net = fid.load_inception(device)
-    mu, sigma, gen_feats = fid.stream_statistics((x for x, _ in iter_generated(p.generated)), n_generated, net,
-                                                 batch_size=e.batch_size, device=device,
-                                                 description="fid generated")
+    used = (ref_meta.get("resize"), ref_meta.get("precision", "float32"))
+    if used != (e.fid_resize, e.fid_precision):
+        raise UserError(f"FID reference {p.fid_ref} was computed with resize/precision {used}, but eval asks for "
+                        f"{(e.fid_resize, e.fid_precision)}; rerun fid-reference")
+    extractor = fid.FeatureExtractor(device, e.fid_resize, e.fid_precision)
+    mu, sigma, gen_feats = fid.stream_statistics((x for x, _ in iter_generated(p.generated)), n_generated,
+                                                 extractor, batch_size=e.batch_size, description="fid generated")
     fid_value = fid.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
     kid_value = fid.kid(gen_feats.astype(np.float64), ref["features"].astype(np.float64), e.kid_subset_size)
     metrics = {
@@ -50,7 +54,7 @@ def run(cfg: Config, params_file: Path) -> dict:
         "pseudo_label_accuracy": float((table.pseudo_label == table.true_label).mean()),
         "fid": fid_value, "kid": kid_value, "labels_per_class": cfg.base.labels_per_class, "seed": cfg.base.seed,
         "fid_protocol": {**fid.protocol(e.fid_resize, n_generated, f"{cfg.base.dataset} {ref_meta['split']}",
-                                        ref_meta["n"]),
+                                        ref_meta["n"], e.fid_precision),
                          "guidance_scale": cfg.sample.guidance_scale, "weights": "unet_ema",
                          "sampler_steps": cfg.sample.steps},
     }

@@ -37,11 +37,11 @@ def run(cfg: Config, params_file: Path) -> dict:
     e = cfg.eval
     device = setup(cfg.base)
     idx = reference_indices(split_count(p.prepared, e.fid_ref_split), e.fid_ref_images)
-    net = fid.load_inception(device)
-    mu, sigma, feats = fid.stream_statistics(_selected(p.prepared, e.fid_ref_split, idx), len(idx), net,
-                                             batch_size=e.batch_size, device=device, description="fid reference")
+    extractor = fid.FeatureExtractor(device, e.fid_resize, e.fid_precision)
+    mu, sigma, feats = fid.stream_statistics(_selected(p.prepared, e.fid_ref_split, idx), len(idx), extractor,
+                                             batch_size=e.batch_size, description="fid reference")
     digest = load_manifest(p.prepared)["splits"][e.fid_ref_split]["sha256"]
-    meta = {"dataset": cfg.base.dataset, "split": e.fid_ref_split, "n": int(len(idx)), "resize": e.fid_resize,
+    meta = {"dataset": cfg.base.dataset, "split": e.fid_ref_split, "n": int(len(idx)), "resize": e.fid_resize, "precision": e.fid_precision,
             "network": fid.NETWORK, "weights_sha256": fid.WEIGHTS_SHA256, "data_sha256": digest}
     write_npz(p.fid_ref, mu=mu, sigma=sigma, features=feats.astype(np.float32), indices=idx,
               meta=np.array(json.dumps(meta)))

@@ -19,7 +19,7 @@ import torch
 
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.diffusion.sample import class_plan, guided_sample
+from dpt_repro.diffusion.sample import class_plan, describe, guided_sample
 from dpt_repro.errors import UserError
 from dpt_repro.io import atomic_dir, atomic_path, read_json, read_npz, write_json, write_npz
 from dpt_repro.runtime import Progress, setup
@@ -36,6 +36,17 @@ def load_generator(model_dir: Path):
     scheduler_config = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
     training = read_json(model_dir / "training.json", "stage-2 training record")
     return unet, scheduler_config, training
+
+
+def check_generator(cfg: Config, model_dir: Path, unet, training: dict) -> None:
+    """Refuse a generator trained for another dataset shape before sampling anything."""
+    b = cfg.base
+    for key, model_value, value in (("num_classes", training.get("num_classes"), b.num_classes),
+                                    ("image_size", unet.config.sample_size, b.image_size),
+                                    ("channels", unet.config.in_channels, b.channels)):
+        if model_value != value:
+            raise UserError(f"stage-2 model {model_dir} was trained with {key} {model_value}, but params say "
+                            f"base.{key} {value}; rerun stage2 for these params")
 
 
 def save_grid(images: np.ndarray, labels: np.ndarray, num_classes: int, per_row: int, path: Path) -> None:
@@ -58,6 +69,7 @@ def run(cfg: Config, params_file: Path) -> dict:
     s = cfg.sample
     device = setup(cfg.base)
     unet, scheduler_config, training = load_generator(p.stage2)
+    check_generator(cfg, p.stage2, unet, training)
     unet.to(device)
     k = cfg.base.num_classes
     labels, index, seeds = class_plan(k, s.images_per_class, cfg.base.seed)
@@ -80,7 +92,8 @@ def run(cfg: Config, params_file: Path) -> dict:
                 e = min(b + s.batch_size, end)
                 parts.append(guided_sample(unet, scheduler_config, torch.from_numpy(labels[b:e]),
                                            seeds[b:e].tolist(), guidance_scale=s.guidance_scale, steps=s.steps,
-                                           null_class=training["null_class"], device=device))
+                                           null_class=training["null_class"], device=device, scheduler=s.scheduler,
+                                           mixed_precision=training["stage2"].get("mixed_precision", "no")))
                 bar.update(e - b)
             write_npz(work / name, images=np.concatenate(parts), labels=labels[start:end],
                       index=index[start:end], seeds=seeds[start:end])
@@ -88,7 +101,7 @@ def run(cfg: Config, params_file: Path) -> dict:
         images = np.concatenate([x["images"] for x in shards])
         manifest = {"shards": names, "count": int(len(labels)), "images_per_class": s.images_per_class,
                     "guidance_scale": s.guidance_scale, "guidance_convention": "uncond + w * (cond - uncond)",
-                    "sampler": f"DPMSolverMultistep dpmsolver++ order 2, {s.steps} steps", "weights": "unet_ema",
+                    "sampler": describe(s.scheduler, s.steps), "weights": "unet_ema",
                     "seed_rule": "SeedSequence([base.seed, class, index])", "fingerprint": fp}
         with atomic_dir(p.generated) as tmp:
             for name in names:

@@ -36,9 +36,9 @@ def training_fid(cfg: Config, images: np.ndarray, device):
     from dpt_repro.stages.fid_reference import reference_indices
 
     n, k, s = cfg.stage2.fid_images, cfg.base.num_classes, cfg.sample
-    net = fid.load_inception(device)
-    kw = {"batch_size": cfg.eval.batch_size, "device": device}
-    ref = fid.statistics(fid.extract_features(images[reference_indices(len(images), n)], net, **kw,
+    extractor = fid.FeatureExtractor(device, cfg.eval.fid_resize, cfg.eval.fid_precision)
+    kw = {"batch_size": cfg.eval.batch_size}
+    ref = fid.statistics(fid.extract_features(images[reference_indices(len(images), n)], extractor, **kw,
                                               description="training FID reference"))
     labels, index, seeds = class_plan(k, -(-n // k), cfg.base.seed)
     order = np.lexsort((labels, index))[:n]  # class-balanced: the i-th image of every class, then the (i+1)-th
@@ -48,8 +48,9 @@ def training_fid(cfg: Config, images: np.ndarray, device):
     def on_eval(step: int, ema_unet) -> float:
         batches = [guided_sample(ema_unet, scheduler_config, torch.from_numpy(labels[i:i + s.batch_size]),
                                  seeds[i:i + s.batch_size].tolist(), guidance_scale=s.guidance_scale,
-                                 steps=s.steps, null_class=k, device=device) for i in range(0, n, s.batch_size)]
-        gen = fid.statistics(fid.extract_features(np.concatenate(batches), net, **kw, description=f"FID @ {step}"))
+                                 steps=s.steps, null_class=k, device=device, scheduler=s.scheduler,
+                                 mixed_precision=cfg.stage2.mixed_precision) for i in range(0, n, s.batch_size)]
+        gen = fid.statistics(fid.extract_features(np.concatenate(batches), extractor, **kw, description=f"FID @ {step}"))
         return fid.frechet_distance(*gen, *ref)
 
     return on_eval
@@ -87,6 +88,7 @@ def run(cfg: Config, params_file: Path) -> dict:
                    "parameters": sum(q.numel() for q in result.unet.parameters())}
         run.metrics(metrics)
         run.generator_model(p.stage2, images.shape[1:], seed=cfg.base.seed,
-                            guidance_scale=cfg.sample.guidance_scale, steps=cfg.sample.steps)
+                            guidance_scale=cfg.sample.guidance_scale, steps=cfg.sample.steps,
+                            scheduler=cfg.sample.scheduler)
     write_json(p.metrics / "stage2.json", metrics)
     return metrics
