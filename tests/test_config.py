@@ -80,3 +80,16 @@ def test_unknown_section_and_empty_sections(tmp_path):
         load_config(write(tmp_path, "stage4:\n  steps: 1\n"))
     merged = merge_profile({"pseudo": None, "base": {"seed": 1}}, {"pseudo": {"batch_size": 5}})
     assert merged == {"pseudo": {"batch_size": 5}, "base": {"seed": 1}}
+
+
+def test_stage_mix_and_generator_label_source_are_checked(tmp_path):
+    from dpt_repro.config import load_config
+
+    params = tmp_path / "params.yaml"
+    params.write_text("base:\n  seed: 0\n")
+    assert load_config(params, ["stage3.generated_share=0"]).stage3.generated_share == 0.0
+    assert load_config(params, ["stage2.labels=oracle"]).stage2.labels == "oracle"
+    with pytest.raises(UserError, match=r"stage3.generated_share must be -1 \(as in the pool\) or in \[0, 1\], got 1.5"):
+        load_config(params, ["stage3.generated_share=1.5"])
+    with pytest.raises(UserError, match="stage2.labels: unknown 'truth' \\(valid: pseudo, oracle, labelled\\)"):
+        load_config(params, ["stage2.labels=truth"])

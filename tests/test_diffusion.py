@@ -141,3 +141,21 @@ def test_other_samplers_keep_one_noise_stream_per_image(scheduler):
         guided_sample(unet, sched, labels, seeds, **{**kw, "scheduler": "euler"})
     with pytest.raises(UserError, match="sample.steps must be at least 1, got 0"):
         guided_sample(unet, sched, labels, seeds, **{**kw, "steps": 0})
+
+
+def test_generator_baselines_train_on_true_labels_of_all_or_of_the_labelled_images(tmp_path, monkeypatch):
+    from dpt_repro.config import Config, paths
+    from dpt_repro.io import write_json
+    from dpt_repro.stages.stage2 import generator_training_set
+
+    monkeypatch.chdir(tmp_path)
+    images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1)
+    labels = np.arange(20) % 10
+    cfg = Config()
+    write_json(paths(cfg).split, {"labelled": [3, 17], "validation": [0]})
+    cfg.stage2.labels = "oracle"
+    x, y = generator_training_set(cfg, images, labels)
+    assert x is images and np.array_equal(y, labels)
+    cfg.stage2.labels = "labelled"
+    x, y = generator_training_set(cfg, images, labels)
+    assert x[:, 0, 0, 0].tolist() == [3, 17] and y.tolist() == [3, 7]

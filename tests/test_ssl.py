@@ -110,3 +110,16 @@ def test_training_learns_and_a_killed_run_resumes_to_the_same_weights(toy_images
     assert resumed.best_step == full.best_step and resumed.best_val_acc == full.best_val_acc
     for k, v in full.state_dict.items():
         assert torch.equal(v, resumed.state_dict[k]), k
+
+
+def test_stage3_mix_sets_the_generated_share_of_each_labelled_batch():
+    from dpt_repro.ssl.train import labelled_batch
+
+    x = np.zeros((110, 4, 4, 1), np.uint8)
+    data = ClassifierData(x, np.zeros(110, np.int64), x, x[:2], np.zeros(2, np.int64), n_generated=100)
+    for share, generated in ((0.0, 0), (0.25, 8), (1.0, 32)):
+        data.generated_share = share
+        idx = labelled_batch(data, 32, generator(0, 1))
+        assert len(idx) == 32 and int((idx >= 10).sum()) == generated
+    data.generated_share = -1.0  # as in the pool: the draw it always was
+    assert torch.equal(labelled_batch(data, 32, generator(0, 1)), torch.randint(110, (32,), generator=generator(0, 1)))

@@ -21,6 +21,7 @@ DATASETS = ("fashion-mnist", "imagefolder", "npz")
 DEVICES = ("auto", "cpu", "cuda")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 FID_RESIZES = ("clean", "legacy_tensorflow")
+GENERATOR_LABELS = ("pseudo", "oracle", "labelled")
 SAMPLERS = ("dpmsolver++", "ddim", "ddpm")  # diffusion/sample.py SCHEDULERS
 
 
@@ -67,6 +68,13 @@ class ClassifierConfig:
 
 
 @dataclass
+class Stage3Config(ClassifierConfig):
+    """Stage 3 runs the classifier loop on real plus generated labelled images; what it adds is the mix."""
+
+    generated_share: float = -1.0  # generated images per labelled batch: -1 as in the pool, 0 none (baseline)
+
+
+@dataclass
 class PseudoConfig:
     batch_size: int = 1000
 
@@ -84,6 +92,7 @@ class GatesConfig:
 
 @dataclass
 class DiffusionConfig:
+    labels: str = "pseudo"      # pseudo | oracle (true labels of all images) | labelled (the labelled images only)
     profile: str = "small28"
     steps: int = 2000
     batch_size: int = 64
@@ -132,7 +141,7 @@ class Config:
     gates: GatesConfig = field(default_factory=GatesConfig)
     stage2: DiffusionConfig = field(default_factory=DiffusionConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
-    stage3: ClassifierConfig = field(default_factory=ClassifierConfig)
+    stage3: Stage3Config = field(default_factory=Stage3Config)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
@@ -283,6 +292,11 @@ def validate(cfg: Config) -> None:
         _check(c.lr > 0, f"{name}.lr must be positive, got {c.lr}")
         for key in ("eval_every", "checkpoint_every", "eval_batch_size"):
             _check(getattr(c, key) >= 1, f"{name}.{key} must be at least 1, got {getattr(c, key)}")
+    share = cfg.stage3.generated_share
+    _check(share == -1 or 0 <= share <= 1, f"stage3.generated_share must be -1 (as in the pool) or in [0, 1], "
+                                           f"got {share}")
+    _check(cfg.stage2.labels in GENERATOR_LABELS,
+           f"stage2.labels: unknown {cfg.stage2.labels!r} (valid: {', '.join(GENERATOR_LABELS)})")
     d = cfg.stage2
     _check(d.steps >= 1, f"stage2.steps must be at least 1, got {d.steps}")
     _check(0.0 <= d.label_dropout < 1.0, f"stage2.label_dropout must be in [0, 1), got {d.label_dropout}")

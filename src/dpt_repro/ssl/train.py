@@ -45,6 +45,20 @@ class ClassifierData:
     unlabelled_x: np.ndarray
     val_x: np.ndarray
     val_y: np.ndarray
+    n_generated: int = 0          # the last n_generated labelled images are generated ones
+    generated_share: float = -1.0  # their share of each labelled batch; -1: uniform over the pool
+
+
+def labelled_batch(data: ClassifierData, size: int, g: torch.Generator) -> torch.Tensor:
+    """Indices of one labelled batch: uniform over the pool, or round(share * size) generated images and the
+    rest real ones (the stage-3 mix, which `stage3.generated_share` sets)."""
+    n = len(data.labelled_x)
+    if data.generated_share < 0 or data.n_generated == 0:
+        return torch.randint(n, (size,), generator=g)
+    k = round(data.generated_share * size)
+    n_real = n - data.n_generated
+    return torch.cat([torch.randint(n_real, (size - k,), generator=g),
+                      n_real + torch.randint(data.n_generated, (k,), generator=g)])
 
 
 @dataclass
@@ -159,7 +173,7 @@ def train_classifier(cfg: ClassifierConfig, data: ClassifierData, *, num_classes
             lr = cfg.lr * math.cos(7 * math.pi * step / (16 * cfg.steps))
             for group in opt.param_groups:
                 group["lr"] = lr
-            idx_l = torch.randint(len(xl), (cfg.batch_size,), generator=g).to(device)
+            idx_l = labelled_batch(data, cfg.batch_size, g).to(device)
             views = [augment.weak(xl[idx_l], g)]
             if xu is not None:
                 u = xu[torch.randint(len(xu), (n_u,), generator=g).to(device)]

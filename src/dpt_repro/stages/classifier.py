@@ -28,16 +28,17 @@ def real_data(cfg: Config) -> tuple[np.ndarray, np.ndarray, dict]:
     return images, labels, split
 
 
-def classifier_data(images: np.ndarray, labels: np.ndarray, split: dict, extra_x: np.ndarray | None = None,
-                    extra_y: np.ndarray | None = None) -> ClassifierData:
-    """Labelled: the split's labelled images (+ extra, e.g. generated); unlabelled: train minus validation."""
+def classifier_data(images: np.ndarray, labels: np.ndarray, split: dict, generated_x: np.ndarray | None = None,
+                    generated_y: np.ndarray | None = None, generated_share: float = -1.0) -> ClassifierData:
+    """Labelled: the split's labelled images (+ generated ones, after them); unlabelled: train minus validation."""
     lab = np.asarray(split["labelled"], np.int64)
     val = np.asarray(split["validation"], np.int64)
     unlabelled = np.setdiff1d(np.arange(len(images)), val)
     lx, ly = images[lab], labels[lab]
-    if extra_x is not None:
-        lx, ly = np.concatenate([lx, extra_x]), np.concatenate([ly, extra_y])
-    return ClassifierData(lx, ly, images[unlabelled], images[val], labels[val])
+    n_generated = 0 if generated_x is None else len(generated_x)
+    if n_generated:
+        lx, ly = np.concatenate([lx, generated_x]), np.concatenate([ly, generated_y])
+    return ClassifierData(lx, ly, images[unlabelled], images[val], labels[val], n_generated, generated_share)
 
 
 def train_and_save(cfg: Config, section: str, data: ClassifierData, stream: int, out_dir: Path, run) -> TrainResult:

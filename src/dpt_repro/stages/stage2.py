@@ -1,4 +1,7 @@
-"""stage2: the class-conditional diffusion model on all train images with their pseudo-labels."""
+"""stage2: the class-conditional diffusion model on all train images with their pseudo-labels.
+
+`stage2.labels` selects the baselines of the paper's second claim: `oracle` trains on the true labels of all
+train images (the supervised generator), `labelled` on the few labelled images alone."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from dpt_repro.errors import UserError
 from dpt_repro.io import atomic_dir, read_parquet, write_json
 from dpt_repro.runtime import setup
 from dpt_repro.stages.classifier import write_csv
+from dpt_repro.stages.split import read_split
 
 
 def load_pseudo_labels(cfg: Config, n_images: int) -> np.ndarray:
@@ -24,6 +28,16 @@ def load_pseudo_labels(cfg: Config, n_images: int) -> np.ndarray:
     if len(table) != n_images or not np.array_equal(table["index"].to_numpy(), np.arange(n_images)):
         raise UserError(f"pseudo-labels {p.pseudo_labels} do not cover the {n_images} train images; rerun pseudo-label")
     return table["pseudo_label"].to_numpy()
+
+
+def generator_training_set(cfg: Config, images: np.ndarray, true_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    source = cfg.stage2.labels
+    if source == "oracle":
+        return images, true_labels
+    if source == "labelled":
+        lab = np.asarray(read_split(cfg)["labelled"], np.int64)
+        return images[lab], true_labels[lab]
+    return images, load_pseudo_labels(cfg, len(images))
 
 
 def training_fid(cfg: Config, images: np.ndarray, device):
@@ -59,8 +73,8 @@ def training_fid(cfg: Config, images: np.ndarray, device):
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
     device = setup(cfg.base)
-    images, _ = load_split(p.prepared, "train")
-    labels = load_pseudo_labels(cfg, len(images))
+    all_images, true_labels = load_split(p.prepared, "train")
+    images, labels = generator_training_set(cfg, all_images, true_labels)
     c = cfg.stage2
     if c.batch_size % c.grad_accum:
         raise UserError(f"stage2.batch_size {c.batch_size} must be divisible by stage2.grad_accum {c.grad_accum}")
@@ -70,13 +84,14 @@ def run(cfg: Config, params_file: Path) -> dict:
         run.datasets(prepared=p.prepared, pseudo_labels=p.pseudo_labels)
         result = train_diffusion(c, images, labels, num_classes=cfg.base.num_classes, seed=cfg.base.seed,
                                  device=device, checkpoint=ckpt, on_log=lambda s, row: run.metrics(row, step=s),
-                                 on_eval=training_fid(cfg, images, device) if c.fid_every else None)
+                                 on_eval=training_fid(cfg, all_images, device) if c.fid_every else None)
         with atomic_dir(p.stage2) as tmp:
             result.unet.save_pretrained(tmp / "unet")
             result.ema_unet.save_pretrained(tmp / "unet_ema")
             (tmp / "scheduler").mkdir()
             (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(result.scheduler_config, indent=2))
             write_json(tmp / "training.json", {"stage2": asdict(c), "seed": cfg.base.seed, "fingerprint": fp,
+                                               "training_images": int(len(images)),
                                                "num_classes": cfg.base.num_classes,
                                                "null_class": cfg.base.num_classes, "weights_for_sampling": "unet_ema",
                                                "resumed_from": result.resumed_from})

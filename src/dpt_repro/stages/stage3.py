@@ -1,5 +1,8 @@
 """stage3: the classifier retrained from scratch on real labelled + generated images (labelled with the class
-they were generated for) and the real unlabelled images (the official CIFAR-10 protocol)."""
+they were generated for) and the real unlabelled images (the official CIFAR-10 protocol).
+
+`stage3.generated_share` sets the generated images' share of each labelled batch (-1: as in the pool);
+0 is the baseline that retrains without them, separating the effect of retraining from that of the images."""
 
 from __future__ import annotations
 
@@ -18,13 +21,14 @@ def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
     images, labels, split = real_data(cfg)
     gen_x, gen_y = load_generated(p.generated)
-    data = classifier_data(images, labels, split, gen_x, gen_y)
+    data = classifier_data(images, labels, split, gen_x, gen_y, cfg.stage3.generated_share)
     with tracking.stage_run(cfg, "stage3", ("stage3",), params_file) as run:
         run.datasets(prepared=p.prepared, split=p.split, generated=p.generated)
         result = train_and_save(cfg, "stage3", data, STREAM, p.stage3, run)
         metrics = {"val_acc": result.best_val_acc, "best_step": result.best_step,
                    "images_per_second": round(result.images_per_second, 1),
-                   "generated_share_of_labelled": round(len(gen_x) / len(data.labelled_x), 4)}
+                   "generated_share_of_labelled": round(len(gen_x) / len(data.labelled_x), 4),
+                   "generated_share_per_batch": cfg.stage3.generated_share}
         run.metrics(metrics)
         uri = run.classifier_model(p.stage3, images.shape[1:])
         run.register_champion_candidate(uri, result.best_val_acc, cfg)
