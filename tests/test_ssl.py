@@ -123,3 +123,24 @@ def test_stage3_mix_sets_the_generated_share_of_each_labelled_batch():
         assert len(idx) == 32 and int((idx >= 10).sum()) == generated
     data.generated_share = -1.0  # as in the pool: the draw it always was
     assert torch.equal(labelled_batch(data, 32, generator(0, 1)), torch.randint(110, (32,), generator=generator(0, 1)))
+
+
+def test_probe_fits_a_logistic_head_on_frozen_features_and_folds_it_into_the_network(toy_images):
+    from dpt_repro.ssl.probe import L2_GRID, encode, fit_probe
+    from dpt_repro.ssl.train import accuracy, build_classifier
+
+    data = tiny_data(toy_images)
+    torch.manual_seed(0)
+    encoder = build_classifier(ClassifierConfig(), 1, 10, 28)
+    body_before = {k: v.clone() for k, v in encoder.state_dict().items() if not k.startswith("head.")}
+    state, record = fit_probe(encoder, data, 10, 64, torch.device("cpu"))
+    assert [row["l2"] for row in record["l2_curve"]] == list(L2_GRID)
+    assert record["val_acc"] == max(row["val_acc"] for row in record["l2_curve"])
+    assert all(torch.equal(state[k], v) for k, v in body_before.items())  # the encoder stays frozen
+    rebuilt = build_classifier(ClassifierConfig(), 1, 10, 28)
+    rebuilt.load_state_dict(state)
+    # The folded head on raw features scores validation exactly as the regression did on standardised ones.
+    assert accuracy(rebuilt, data.val_x, data.val_y, 64, torch.device("cpu")) == pytest.approx(record["val_acc"])
+    assert record["val_acc"] > 0.5  # brightness classes are linearly separable even in random-conv features
+    feats = encode(rebuilt, data.val_x, 64, torch.device("cpu"))
+    assert feats.shape == (50, rebuilt.head.in_features)

@@ -71,6 +71,7 @@ class ClassifierConfig:
 class Stage3Config(ClassifierConfig):
     """Stage 3 runs the classifier loop on real plus generated labelled images; what it adds is the mix."""
 
+    protocol: str = "retrain"      # retrain (CIFAR-10: SSL from scratch) | probe (ImageNet: frozen stage-1 encoder)
     generated_share: float = -1.0  # generated images per labelled batch: -1 as in the pool, 0 none (baseline)
 
 
@@ -292,6 +293,8 @@ def validate(cfg: Config) -> None:
         _check(c.lr > 0, f"{name}.lr must be positive, got {c.lr}")
         for key in ("eval_every", "checkpoint_every", "eval_batch_size"):
             _check(getattr(c, key) >= 1, f"{name}.{key} must be at least 1, got {getattr(c, key)}")
+    _check(cfg.stage3.protocol in ("retrain", "probe"),
+           f"stage3.protocol: unknown {cfg.stage3.protocol!r} (valid: retrain, probe)")
     share = cfg.stage3.generated_share
     _check(share == -1 or 0 <= share <= 1, f"stage3.generated_share must be -1 (as in the pool) or in [0, 1], "
                                            f"got {share}")

@@ -106,6 +106,14 @@ class TimmBackbone(nn.Module):
 BACKBONES = ("cnn", "wrn28_2", "timm:<model name>")
 
 
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The final linear layer (features -> logits), which the stage-3 probe replaces."""
+    head = model.net.get_classifier() if isinstance(model, TimmBackbone) else model.head
+    if not isinstance(head, nn.Linear):
+        raise UserError(f"the probe needs a linear classifier head; {type(model).__name__} has {type(head).__name__}")
+    return head
+
+
 def build_backbone(name: str, in_channels: int, num_classes: int, image_size: int,
                    pretrained: bool = False) -> nn.Module:
     if name == "cnn":

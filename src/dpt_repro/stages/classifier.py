@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -50,20 +50,27 @@ def train_and_save(cfg: Config, section: str, data: ClassifierData, stream: int,
     result = train_classifier(c, data, num_classes=cfg.base.num_classes, seed=cfg.base.seed, stream=stream,
                               device=device, checkpoint=ckpt, description=section,
                               on_log=lambda step, row: run.metrics(row, step=step))
-    with atomic_dir(out_dir) as tmp:
-        save_weights(tmp / "model.safetensors", result.state_dict)
-        write_json(tmp / "config.json", {
-            "section": section, "classifier": asdict(c), "channels": int(data.labelled_x.shape[3]),
-            "image_size": int(data.labelled_x.shape[1]), "num_classes": cfg.base.num_classes,
-            "weights": "ema", "selection": "best validation accuracy of the EMA weights",
-            "best_step": result.best_step, "best_val_acc": result.best_val_acc, "fingerprint": fp,
-            "labelled_images": int(len(data.labelled_x)), "unlabelled_images": int(len(data.unlabelled_x))})
-        write_csv(tmp / "train_curve.csv", result.curve)
-        write_csv(tmp / "val_curve.csv", result.val_curve)
-    write_csv(paths(cfg).plots / section / "train_curve.csv", result.curve)
-    write_csv(paths(cfg).plots / section / "val_curve.csv", result.val_curve)
+    save_classifier(out_dir, result.state_dict, asdict(c), cfg, data, {
+        "section": section, "weights": "ema", "selection": "best validation accuracy of the EMA weights",
+        "best_step": result.best_step, "best_val_acc": result.best_val_acc, "fingerprint": fp,
+        "unlabelled_images": int(len(data.unlabelled_x))}, {"train_curve": result.curve, "val_curve": result.val_curve})
+    for name, rows in (("train_curve", result.curve), ("val_curve", result.val_curve)):
+        write_csv(paths(cfg).plots / section / f"{name}.csv", rows)
     ckpt.unlink(missing_ok=True)
     return result
+
+
+def save_classifier(out_dir: Path, state_dict: dict, classifier: dict, cfg: Config, data: ClassifierData,
+                    record: dict, curves: dict[str, list[dict]]) -> None:
+    """Weights, the config that rebuilds the network (`load_classifier`) and the record of how it was made."""
+    with atomic_dir(out_dir) as tmp:
+        save_weights(tmp / "model.safetensors", state_dict)
+        write_json(tmp / "config.json", {
+            "classifier": classifier, "channels": int(data.labelled_x.shape[3]),
+            "image_size": int(data.labelled_x.shape[1]), "num_classes": cfg.base.num_classes,
+            "labelled_images": int(len(data.labelled_x)), **record})
+        for name, rows in curves.items():
+            write_csv(tmp / f"{name}.csv", rows)
 
 
 def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
@@ -79,7 +86,8 @@ def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> 
 def load_classifier(model_dir: Path, what: str):
     """Rebuild a saved classifier from its config.json and safetensors weights."""
     conf = read_json(Path(model_dir) / "config.json", f"{what} config")
-    c = ClassifierConfig(**conf["classifier"])
+    known = {f.name for f in fields(ClassifierConfig)}  # stage 3's record also holds its mix
+    c = ClassifierConfig(**{k: v for k, v in conf["classifier"].items() if k in known})
     model = build_classifier(c, conf["channels"], conf["num_classes"], conf["image_size"])
     try:
         model.load_state_dict(load_weights(Path(model_dir) / "model.safetensors", f"{what} weights"))

@@ -6,15 +6,35 @@ they were generated for) and the real unlabelled images (the official CIFAR-10 p
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import load_generated
 from dpt_repro.io import write_json
-from dpt_repro.stages.classifier import classifier_data, real_data, train_and_save
+from dpt_repro.runtime import setup
+from dpt_repro.stages.classifier import classifier_data, load_classifier, real_data, save_classifier, train_and_save
+from dpt_repro.stages.classifier import write_csv
 
 STREAM = 3
+
+
+def probe(cfg: Config, data, run) -> dict:
+    """The frozen stage-1 encoder with a logistic-regression head fitted on labelled + generated images."""
+    from dpt_repro.ssl.probe import fit_probe
+
+    p = paths(cfg)
+    device = setup(cfg.base)
+    encoder, conf = load_classifier(p.stage1, "stage-1 classifier")
+    state, record = fit_probe(encoder.to(device), data, cfg.base.num_classes, cfg.stage3.eval_batch_size, device)
+    save_classifier(p.stage3, state, conf["classifier"], cfg, data, {
+        "section": "stage3", "protocol": "probe", "stage3": asdict(cfg.stage3), "best_val_acc": record["val_acc"],
+        "weights": "stage-1 EMA encoder (frozen) + logistic-regression head", "l2": record["l2"],
+        "selection": "L2 weight by validation accuracy"}, {"l2_curve": record["l2_curve"]})
+    for name, fields in (("train_curve", ["step", "loss"]), ("val_curve", ["step", "val_acc"])):
+        write_csv(p.plots / "stage3" / f"{name}.csv", [], fields=fields)  # no training steps: empty curves
+    return {"val_acc": record["val_acc"], "probe_l2": record["l2"]}
 
 
 def run(cfg: Config, params_file: Path) -> dict:
@@ -24,13 +44,17 @@ def run(cfg: Config, params_file: Path) -> dict:
     data = classifier_data(images, labels, split, gen_x, gen_y, cfg.stage3.generated_share)
     with tracking.stage_run(cfg, "stage3", ("stage3",), params_file) as run:
         run.datasets(prepared=p.prepared, split=p.split, generated=p.generated)
-        result = train_and_save(cfg, "stage3", data, STREAM, p.stage3, run)
-        metrics = {"val_acc": result.best_val_acc, "best_step": result.best_step,
-                   "images_per_second": round(result.images_per_second, 1),
-                   "generated_share_of_labelled": round(len(gen_x) / len(data.labelled_x), 4),
-                   "generated_share_per_batch": cfg.stage3.generated_share}
+        if cfg.stage3.protocol == "probe":
+            run.datasets(stage1=p.stage1)
+            metrics = probe(cfg, data, run)
+        else:
+            result = train_and_save(cfg, "stage3", data, STREAM, p.stage3, run)
+            metrics = {"val_acc": result.best_val_acc, "best_step": result.best_step,
+                       "images_per_second": round(result.images_per_second, 1),
+                       "generated_share_per_batch": cfg.stage3.generated_share}
+        metrics["generated_share_of_labelled"] = round(len(gen_x) / len(data.labelled_x), 4)
         run.metrics(metrics)
         uri = run.classifier_model(p.stage3, images.shape[1:])
-        run.register_champion_candidate(uri, result.best_val_acc, cfg)
+        run.register_champion_candidate(uri, metrics["val_acc"], cfg)
     write_json(p.metrics / "stage3.json", metrics)
     return metrics
