@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -24,16 +23,10 @@ import torch
 
 from dpt_repro.config import load_config, paths
 from dpt_repro.data.shards import load_split
-from dpt_repro.runtime import configure_logging, setup
+from dpt_repro.runtime import configure_logging, hardware, setup
 from dpt_repro.ssl.train import accuracy, build_classifier, train_classifier, validate_batch_sizes
 from dpt_repro.stages.classifier import classifier_data
 from dpt_repro.stages.split import draw_split
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def main() -> int:

@@ -35,7 +35,7 @@ from dpt_repro.diffusion.sample import class_plan, guided_sample, image_generato
 from dpt_repro.diffusion.train import autocast, make_scheduler, to_model_space, train_diffusion
 from dpt_repro.diffusion.unet import build_unet
 from dpt_repro.metrics import fid
-from dpt_repro.runtime import setup
+from dpt_repro.runtime import hardware, setup
 
 NUM_CLASSES = 10
 
@@ -43,14 +43,6 @@ NUM_CLASSES = 10
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def peer_training(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray, device: torch.device,

@@ -187,7 +187,7 @@ def test_dvc_plots_render_curves_fid_against_steps_and_the_confusion_matrix(smok
     assert fid_rows[0] == "step,fid" and [r.split(",")[0] for r in fid_rows[1:]] == ["15", "30"]
 
 
-def test_two_queued_experiments_run_at_once_and_both_log_completely(smoke_repo):
+def test_two_queued_experiments_run_at_once_and_both_log_completely(smoke_repo, tmp_path):
     """`dvc exp run --queue` + `dvc queue start -j 2`: both finish, `dvc exp show` has their metrics, and one
     MLflow store holds a complete pipeline run for each, consistent with its metrics."""
     repo, _ = smoke_repo
@@ -225,6 +225,20 @@ def test_two_queued_experiments_run_at_once_and_both_log_completely(smoke_repo):
         assert children["evaluate"].data.metrics["top1_stage3"] == pytest.approx(metrics["top1_stage3"])
         assert children["evaluate"].data.metrics["fid"] == pytest.approx(metrics["fid"])
     assert tracked_bytes(repo) == before  # the workspace's own outputs are untouched
+
+    # dpt-repro report gathers the same experiments, each with its metrics, into a table and pictures.
+    ok(sh(["dpt-repro", "report", "--out", str(tmp_path)], repo))
+    report = json.loads((tmp_path / "report.json").read_text())
+    rows = {r["experiment"]: r for r in report["rows"]}
+    text = (tmp_path / "report.md").read_text()
+    for key, name in names.items():
+        metrics = exps[name]["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]
+        assert rows[name]["top1_stage3"] == pytest.approx(metrics["top1_stage3"])
+        assert (rows[name]["lpc"], rows[name]["seed"], rows[name]["base.profile"]) == (int(key[3]), 1, "smoke")
+        assert f"| {name} |" in text and rows[name]["hardware"].endswith("threads")
+    assert "## The paper" in text and "gain significant at 5 %?" in text
+    for picture in ("top1.png", "fid.png"):
+        assert (tmp_path / "report" / picture).read_bytes()[:4] == b"\x89PNG"
 
 
 def _push_delete_pull(repo: Path, remote: str, env_extra=None) -> None:

@@ -107,6 +107,7 @@ def profile(name: Annotated[str, typer.Argument(help="A profile in configs/, e.g
 
     try:
         merged = merge_profile(read_params_file(params), read_params_file(Path("configs") / f"{name}.yaml"))
+        merged.setdefault("base", {})["profile"] = name
         target = output or params
         with atomic_path(target) as tmp:
             tmp.write_text(yaml.safe_dump(merged, sort_keys=False))
@@ -114,6 +115,21 @@ def profile(name: Annotated[str, typer.Argument(help="A profile in configs/, e.g
     except UserError as exc:
         _fail(str(exc), 2)
     typer.echo(f"wrote {target} with profile {name}")
+
+
+@app.command("report")
+def report(num: Annotated[int, typer.Option("--num", help="Experiments of the last N commits.")] = 1,
+           out: Annotated[Path, typer.Option("--out", help="Folder for report.md and its pictures.")] = Path("reports"),
+           ) -> None:
+    """Collect the experiments (dvc exp show) into reports/report.md: groups over seeds, plots, the paper."""
+    from dpt_repro.errors import UserError
+    from dpt_repro.report import write_report
+
+    try:
+        path = write_report(out, num, " ".join(["dpt-repro report", *sys.argv[2:]]))
+    except UserError as exc:
+        _fail(str(exc), 2)
+    typer.echo(f"wrote {path}")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ SAMPLERS = ("dpmsolver++", "ddim", "ddpm")  # diffusion/sample.py SCHEDULERS
 
 @dataclass
 class BaseConfig:
+    profile: str = "default"  # the profile's name, set by `dpt-repro profile NAME`; the report groups by it
     dataset: str = "fashion-mnist"
     data_path: str = ""  # raw source: IDX folder (fashion-mnist), class-folder tree (imagefolder) or .npz file
     num_classes: int = 10

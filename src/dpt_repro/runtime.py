@@ -47,6 +47,17 @@ def setup(base: BaseConfig):
     return torch.device("cpu" if name == "auto" else name)
 
 
+def hardware(device) -> str:
+    """The device in words, recorded with results: a GPU's name, or the CPU and its thread count."""
+    import platform
+
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
 def generator(seed: int, *stream: int):
     """A torch.Generator for one (seed, stream...) tuple: resuming at step k draws what step k drew."""
     import numpy as np

@@ -18,7 +18,7 @@ from dpt_repro.errors import UserError
 from dpt_repro.io import read_npz, read_parquet, write_json
 from dpt_repro.metrics import fid
 from dpt_repro.metrics.classification import plot_confusion, summary
-from dpt_repro.runtime import setup
+from dpt_repro.runtime import hardware, setup
 from dpt_repro.ssl.train import predict_proba
 from dpt_repro.stages.classifier import load_classifier, write_csv
 
@@ -53,6 +53,7 @@ def run(cfg: Config, params_file: Path) -> dict:
         "dpt_gain": results["stage3"]["accuracy"] - results["stage1"]["accuracy"],
         "pseudo_label_accuracy": float((table.pseudo_label == table.true_label).mean()),
         "fid": fid_value, "kid": kid_value, "labels_per_class": cfg.base.labels_per_class, "seed": cfg.base.seed,
+        "hardware": hardware(device),
         "fid_protocol": {**fid.protocol(e.fid_resize, n_generated, f"{cfg.base.dataset} {ref_meta['split']}",
                                         ref_meta["n"], e.fid_precision),
                          "guidance_scale": cfg.sample.guidance_scale, "weights": "unet_ema",

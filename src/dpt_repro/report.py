@@ -1,0 +1,188 @@
+"""dpt-repro report: the experiments of this repository, from `dvc exp show`, as one Markdown report.
+
+Every experiment (and the commit it starts from) with an `evaluate` result is one row: its params, metrics,
+git revision, data version (DVC hash of the prepared data) and hardware. Rows that differ only in `base.seed`
+form a group, reported as mean ± standard deviation, with a one-sample t-test of the DPT gain against zero.
+The paper's full-scale numbers stand beside ours, marked as such. Writes `reports/report.md`, `report.json`
+and PNG plots under `reports/report/`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import statistics
+import subprocess
+from pathlib import Path
+
+from dpt_repro.errors import UserError
+from dpt_repro.io import atomic_path, write_json
+
+# (what, labels per class, value): ImageNet-256 with U-ViT-Huge and MSN ViT-L/7, as the paper reports them.
+PAPER = [
+    ("ImageNet top-1, DPT (MSN baseline)", 1, "59.0 (+2.8)"), ("ImageNet top-1, DPT (MSN baseline)", 2, "69.5 (+3.0)"),
+    ("ImageNet top-1, DPT (MSN baseline)", 5, "74.4 (+2.0)"),
+    ("ImageNet-256 FID-50K, pseudo-label generator", 1, "3.08"),
+    ("ImageNet-256 FID-50K, pseudo-label generator", 2, "2.52"),
+]
+VARIANT = {"base.profile": "default", "stage2.labels": "pseudo", "stage3.protocol": "retrain",
+           "stage3.generated_share": -1.0, "sample.images_per_class": None, "sample.guidance_scale": None}
+METRICS = ("top1_stage1", "top1_stage3", "dpt_gain", "fid", "pseudo_label_accuracy")
+T_CRITICAL = 0.05
+
+
+def column(row: dict, key: str):
+    """A value of a `dvc exp show` row, whether or not DVC prefixed its column with the file name."""
+    if key in row:
+        return row[key]
+    return next((v for k, v in row.items() if k.endswith(":" + key)), None)
+
+
+def collect(repo: str = ".", num: int = 1) -> list[dict]:
+    import dvc.api
+
+    rows = []
+    for row in dvc.api.exp_show(repo=repo, num=num):
+        if row.get("typ") == "workspace" or column(row, "top1_stage3") is None:
+            continue
+        if row.get("State") not in (None, "Success"):
+            continue
+        out = {"experiment": row.get("Experiment") or "(commit)", "rev": str(row.get("rev", ""))[:7],
+               "lpc": column(row, "base.labels_per_class"), "seed": column(row, "base.seed"),
+               "hardware": column(row, "hardware") or "not recorded",
+               "data": str(column(row, "data/prepared/fashion-mnist") or column(row, "base.dataset"))[:8]}
+        for key, default in VARIANT.items():
+            value = column(row, key)
+            out[key] = default if value is None else value
+        out.update({m: column(row, m) for m in METRICS})
+        rows.append(out)
+    if not rows:
+        raise UserError("no finished experiments with evaluate results; run `dvc exp run` or `make sweep` first")
+    return rows
+
+
+def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    values = [v * scale for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def significance(gains: list[float]) -> str:
+    """Two-sided one-sample t-test of the gains against 0 (seeds are the samples)."""
+    if len(gains) < 2:
+        return f"n/a ({len(gains)} seed)"
+    if statistics.stdev(gains) == 0:
+        return "n/a (no spread)"
+    from scipy import stats
+
+    p = float(stats.ttest_1samp(gains, 0.0).pvalue)
+    return f"{'yes' if p < T_CRITICAL else 'no'} (p = {p:.3f}, {len(gains)} seeds)"
+
+
+def group_rows(rows: list[dict]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (str(r["base.profile"]), r["lpc"] or 0, r["seed"] or 0)):
+        key = (*(r[k] for k in VARIANT), r["lpc"])
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+def plot(groups: dict[tuple, list[dict]], folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    series: dict[tuple, dict[str, list]] = {}
+    for key, members in groups.items():
+        variant, lpc = key[:-1], key[-1]
+        for metric in ("top1_stage1", "top1_stage3", "fid"):
+            values = [m[metric] for m in members if m[metric] is not None]
+            if values:
+                series.setdefault((variant, metric), {}).setdefault("x", []).append(lpc)
+                series[(variant, metric)].setdefault("y", []).append(statistics.mean(values))
+                series[(variant, metric)].setdefault("e", []).append(
+                    statistics.stdev(values) if len(values) > 1 else 0.0)
+    for name, metrics, ylabel in (("top1.png", ("top1_stage1", "top1_stage3"), "test top-1"),
+                                  ("fid.png", ("fid",), "FID")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (variant, metric), s in series.items():
+            if metric in metrics:
+                label = f"{metric} · {variant[1]} labels · {variant[2]} · {variant[0]}"
+                ax.errorbar(s["x"], s["y"], yerr=s["e"], marker="o", capsize=3, label=label)
+        ax.set_xlabel("labels per class")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        with atomic_path(folder / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def sample_grids(groups: dict[tuple, list[dict]], folder: Path) -> list[str]:
+    """The per-class sample grid of each group's first row, read from its git revision (a git-tracked output)."""
+    written = []
+    for key, members in groups.items():
+        first = members[0]
+        path = f"reports/lpc{first['lpc']}-seed{first['seed']}/samples.png"
+        shown = subprocess.run(["git", "show", f"{first['rev']}:{path}"], capture_output=True)
+        if shown.returncode != 0 or not shown.stdout:
+            continue
+        name = f"samples-{first['experiment']}.png".replace("/", "_")
+        with atomic_path(folder / name) as tmp:
+            tmp.write_bytes(shown.stdout)
+        written.append(name)
+    return written
+
+
+def markdown(rows: list[dict], groups: dict[tuple, list[dict]], pictures: list[str], command: str) -> str:
+    header = [k.split(".")[-1] for k in VARIANT]
+    lines = ["# DPT reproduction report", "",
+             f"Generated {datetime.date.today().isoformat()} by `{command}` from `dvc exp show`. Our rows are "
+             "Fashion-MNIST runs of this package; the paper's are full-scale ImageNet runs, for the shape of the "
+             "effects only.", "",
+             "## Groups (mean ± std over seeds)", "",
+             "| " + " | ".join(header) + " | labels/class | seeds | stage-1 top-1 % | stage-3 top-1 % | DPT gain "
+             "(points) | gain significant at 5 %? | FID | pseudo-label acc % | hardware |",
+             "| " + " | ".join(["---"] * (len(header) + 9)) + " |"]
+    for key, members in groups.items():
+        gains = [m["dpt_gain"] for m in members if m["dpt_gain"] is not None]
+        lines.append("| " + " | ".join(str(v) for v in key[:-1]) + f" | {key[-1]} | {len(members)} | "
+                     f"{mean_std([m['top1_stage1'] for m in members], 100)} | "
+                     f"{mean_std([m['top1_stage3'] for m in members], 100)} | {mean_std(gains, 100, 2)} | "
+                     f"{significance(gains)} | {mean_std([m['fid'] for m in members], 1, 2)} | "
+                     f"{mean_std([m['pseudo_label_accuracy'] for m in members], 100)} | "
+                     f"{', '.join(sorted({str(m['hardware']) for m in members}))} |")
+    lines += ["", "## The paper (full scale, ImageNet; not comparable numbers)", "",
+              "| result | labels/class | value |", "| --- | --- | --- |"]
+    lines += [f"| {what} | {lpc} | {value} |" for what, lpc, value in PAPER]
+    lines += ["", "## Every experiment", "",
+              "| experiment | git rev | data | " + " | ".join(header) + " | labels/class | seed | top-1 stage 1 | "
+              "top-1 stage 3 | FID |", "| " + " | ".join(["---"] * (len(header) + 8)) + " |"]
+    for r in rows:
+        fid = "–" if r["fid"] is None else f"{r['fid']:.2f}"
+        lines.append(f"| {r['experiment']} | {r['rev']} | {r['data']} | " + " | ".join(str(r[k]) for k in VARIANT)
+                     + f" | {r['lpc']} | {r['seed']} | {100 * r['top1_stage1']:.2f} | {100 * r['top1_stage3']:.2f} "
+                     f"| {fid} |")
+    if pictures:
+        lines += ["", "## Pictures", ""] + [f"![{p}](report/{p})" for p in pictures]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: Path, num: int, command: str) -> Path:
+    rows = collect(num=num)
+    groups = group_rows(rows)
+    folder = out_dir / "report"
+    pictures = plot(groups, folder) + sample_grids(groups, folder)
+    text = markdown(rows, groups, pictures, command)
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text(text)
+    write_json(out_dir / "report.json", {"rows": rows, "command": command,
+                                         "groups": [{"key": list(k), "rows": len(v)} for k, v in groups.items()]})
+    return out_dir / "report.md"
+
