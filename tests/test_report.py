@@ -1,0 +1,45 @@
+import pytest
+
+from dpt_repro import report
+
+
+def row(lpc, seed, gain, **variant):
+    base = {k: v for k, v in report.VARIANT.items()}
+    base.update(variant)
+    return {"experiment": f"exp-{lpc}-{seed}", "rev": "abc1234", "data": "d41d8cd9", "hardware": "x86_64 CPU",
+            "lpc": lpc, "seed": seed, **base, "top1_stage1": 0.6, "top1_stage3": 0.6 + gain, "dpt_gain": gain,
+            "fid": 30.0 + seed, "pseudo_label_accuracy": 0.7}
+
+
+def test_dvc_columns_are_found_with_or_without_their_file_prefix():
+    assert report.column({"metrics/eval.json:top1_stage3": 0.7}, "top1_stage3") == 0.7
+    assert report.column({"base.seed": 2}, "base.seed") == 2
+    assert report.column({}, "fid") is None
+
+
+def test_seeds_form_one_group_and_the_gain_is_tested_against_zero():
+    rows = [row(1, s, g) for s, g in enumerate((0.020, 0.030, 0.025))]
+    rows += [row(2, s, g) for s, g in enumerate((0.02, -0.03, 0.01))]
+    rows += [row(5, 0, 0.01, **{"stage2.labels": "oracle"})]
+    groups = report.group_rows(rows)
+    assert [len(v) for v in groups.values()] == [3, 3, 1]
+    assert report.significance([0.020, 0.030, 0.025]).startswith("yes (p = 0.0")
+    assert report.significance([0.02, -0.03, 0.01]).startswith("no (p = ")
+    assert report.significance([0.01]) == "n/a (1 seed)"
+    text = report.markdown(rows, groups, [], "dpt-repro report")
+    assert "| 2.50 ± 0.50 |" in text  # the lpc-1 gain in points, mean ± std
+    assert "| 31.00 ± 1.00 |" in text  # FID over seeds 0, 1, 2
+    assert "| oracle |" in text and "## The paper" in text and text.count("| exp-") == 7
+
+
+def test_a_repository_without_finished_experiments_is_a_clear_error(tmp_path):
+    import subprocess
+
+    def run(*cmd):
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+
+    run("git", "init", "-q")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "empty")
+    run("dvc", "init", "-q")
+    with pytest.raises(report.UserError, match="no finished experiments"):
+        report.collect(repo=str(tmp_path))
