@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, fields
+import dataclasses
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,7 @@ def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> 
 def load_classifier(model_dir: Path, what: str):
     """Rebuild a saved classifier from its config.json and safetensors weights."""
     conf = read_json(Path(model_dir) / "config.json", f"{what} config")
-    known = {f.name for f in fields(ClassifierConfig)}  # stage 3's record also holds its mix
+    known = {f.name for f in dataclasses.fields(ClassifierConfig)}  # stage 3's record also holds its mix
     c = ClassifierConfig(**{k: v for k, v in conf["classifier"].items() if k in known})
     model = build_classifier(c, conf["channels"], conf["num_classes"], conf["image_size"])
     try:
