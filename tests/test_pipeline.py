@@ -286,6 +286,26 @@ def test_an_s3_remote_on_a_local_moto_server_restores_everything(smoke_repo):
         server.stop()
 
 
+def test_the_probe_protocol_fits_a_head_on_the_frozen_stage1_network_and_evaluates(smoke_repo):
+    """Stage 3's ImageNet protocol (run last but one: it replaces the workspace's stage-3 model)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from dpt_repro.ssl.probe import L2_GRID
+
+    repo, _ = smoke_repo
+    ok(sh(["dpt-repro", "stage3", "-S", "stage3.protocol=probe"], repo))
+    ok(sh(["dpt-repro", "evaluate", "-S", "stage3.protocol=probe"], repo))
+    metrics = json.loads((repo / "metrics" / "stage3.json").read_text())
+    assert metrics["probe_l2"] in L2_GRID and 0 < metrics["val_acc"] <= 1
+    assert json.loads((repo / "models" / "stage3" / KEY / "config.json").read_text())["protocol"] == "probe"
+    assert json.loads((repo / "metrics" / "eval.json").read_text())["top1_stage3"] > 0.2  # chance is 0.1
+    s1 = load_file(repo / "models" / "stage1" / KEY / "model.safetensors")
+    s3 = load_file(repo / "models" / "stage3" / KEY / "model.safetensors")
+    assert all(torch.equal(s1[k], s3[k]) for k in s1 if not k.startswith("head."))  # the encoder stayed frozen
+    assert not torch.equal(s1["head.weight"], s3["head.weight"])
+
+
 def test_a_failing_gate_stops_the_pipeline_before_the_expensive_stage(smoke_repo):
     repo, _ = smoke_repo
     params = repo / "params.yaml"
