@@ -16,13 +16,13 @@ import statistics
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from dpt_repro.config import load_config, paths
 from dpt_repro.data.shards import load_split
+from dpt_repro.io import write_json
 from dpt_repro.runtime import configure_logging, hardware, setup
 from dpt_repro.ssl.train import accuracy, build_classifier, train_classifier, validate_batch_sizes
 from dpt_repro.stages.classifier import classifier_data
@@ -78,10 +78,7 @@ def main() -> int:
                      f"{group[0]['steps']} | {statistics.mean(r['seconds'] for r in group):.0f} |")
     text = "\n".join(table)
     print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": " ".join(sys.argv), "hardware": hardware(device), "rows": rows,
-                               "table": text}, indent=2) + "\n")
+    write_json(args.out, {"command": " ".join(sys.argv), "hardware": hardware(device), "rows": rows, "table": text})
     return 0
 
 

@@ -19,12 +19,10 @@ The first steps of every timed loop are left out (allocator, autotuning, compila
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +32,7 @@ from dpt_repro.config import BaseConfig, DiffusionConfig
 from dpt_repro.diffusion.sample import class_plan, guided_sample, image_generators, initial_noise
 from dpt_repro.diffusion.train import autocast, make_scheduler, to_model_space, train_diffusion
 from dpt_repro.diffusion.unet import build_unet
+from dpt_repro.io import write_json
 from dpt_repro.metrics import fid
 from dpt_repro.runtime import hardware, setup
 
@@ -246,10 +245,7 @@ def main() -> int:
                      f"{r['ratio']:.2f}x |")
     text = "\n".join(table)
     print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": " ".join(sys.argv), "hardware": hardware(device), "rows": rows,
-                               "table": text}, indent=2) + "\n")
+    write_json(args.out, {"command": " ".join(sys.argv), "hardware": hardware(device), "rows": rows, "table": text})
     return 0
 
 
