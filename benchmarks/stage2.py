@@ -39,6 +39,10 @@ from dpt_repro.runtime import hardware, setup
 NUM_CLASSES = 10
 
 
+def rate(images_per_second: float) -> str:
+    return f"{images_per_second:,.0f}" if images_per_second >= 100 else f"{images_per_second:.3g}"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -226,11 +230,12 @@ def main() -> int:
             peers["example loop + flush-denormal"] = peer_training(cfg, images, labels, device, warmup, True)
         variants = [("ours", cfg)] + ([("ours + torch.compile", replace(cfg, compile=True))]
                                       if args.compile and device.type == "cuda" else [])
+        precision = args.precision if device.type == "cuda" else "fp32"  # autocast is CUDA-only here
         for name, c in variants:
             ours = train_diffusion(c, images, labels, num_classes=NUM_CLASSES, seed=0, device=device)
             for peer_name, peer in peers.items():
-                rows.append({"task": f"training {args.profile} B={args.batch} ({name}, {args.precision})",
-                             "peer": f"{peer_name} ({args.precision})", "peer_img_s": peer,
+                rows.append({"task": f"training {args.profile} B={args.batch} ({name}, {precision})",
+                             "peer": f"{peer_name} ({precision})", "peer_img_s": peer,
                              "ours_img_s": ours.images_per_second})
     if "sample" in args.only:
         rows += sampling_rows(cfg, args, device)
@@ -241,7 +246,7 @@ def main() -> int:
              "| task | peer | peer img/s | ours img/s | ours / peer |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
         r["ratio"] = r["ours_img_s"] / r["peer_img_s"]
-        table.append(f"| {r['task']} | {r['peer']} | {r['peer_img_s']:,.1f} | {r['ours_img_s']:,.1f} | "
+        table.append(f"| {r['task']} | {r['peer']} | {rate(r['peer_img_s'])} | {rate(r['ours_img_s'])} | "
                      f"{r['ratio']:.2f}x |")
     text = "\n".join(table)
     print(text)
