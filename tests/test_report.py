@@ -1,3 +1,6 @@
+import sys
+from pathlib import Path
+
 import pytest
 
 from dpt_repro import report
@@ -40,6 +43,6 @@ def test_a_repository_without_finished_experiments_is_a_clear_error(tmp_path):
 
     run("git", "init", "-q")
     run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "empty")
-    run("dvc", "init", "-q")
+    run(str(Path(sys.executable).parent / "dvc"), "init", "-q")  # the venv's dvc, activated or not
     with pytest.raises(report.UserError, match="no finished experiments"):
         report.collect(repo=str(tmp_path))

@@ -27,7 +27,7 @@ PAPER = [
 VARIANT = {"base.profile": "default", "stage2.labels": "pseudo", "stage3.protocol": "retrain",
            "stage3.generated_share": -1.0, "sample.images_per_class": None, "sample.guidance_scale": None}
 METRICS = ("top1_stage1", "top1_stage3", "dpt_gain", "fid", "pseudo_label_accuracy")
-T_CRITICAL = 0.05
+ALPHA = 0.05  # significance level of the t-test
 
 
 def column(row: dict, key: str):
@@ -78,7 +78,7 @@ def significance(gains: list[float]) -> str:
     from scipy import stats
 
     p = float(stats.ttest_1samp(gains, 0.0).pvalue)
-    return f"{'yes' if p < T_CRITICAL else 'no'} (p = {p:.3f}, {len(gains)} seeds)"
+    return f"{'yes' if p < ALPHA else 'no'} (p = {p:.3f}, {len(gains)} seeds)"
 
 
 def group_rows(rows: list[dict]) -> dict[tuple, list[dict]]:

@@ -14,8 +14,8 @@ from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import load_generated
 from dpt_repro.io import write_json
 from dpt_repro.runtime import setup
-from dpt_repro.stages.classifier import classifier_data, load_classifier, real_data, save_classifier, train_and_save
-from dpt_repro.stages.classifier import write_csv
+from dpt_repro.stages.classifier import (classifier_data, load_classifier, real_data, save_classifier,
+                                         train_and_save, write_csv)
 
 STREAM = 3
 
