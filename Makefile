@@ -10,7 +10,7 @@ export DO_NOT_TRACK := true
 export HF_HUB_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := False
 
-.PHONY: setup data repro test smoke sweep mlflow-ui mlflow-server clean-venv
+.PHONY: setup data repro test smoke profile sweep queue-sweep baselines queue-baselines ablate queue-ablate claims start mlflow-ui mlflow-server clean-venv
 
 setup: $(STAMP) data
 
@@ -38,13 +38,43 @@ test: setup
 smoke: setup
 	. $(BIN)/activate && python -m pytest -q tests/test_pipeline.py
 
-# Queue one experiment per labels-per-class x seed and run them, JOBS at a time; compare with `dvc exp show`.
+# The claims sweeps (issue 5). Each target queues experiments (dvc exp run --queue) and starts the queue, JOBS at a
+# time; follow with `dvc queue status`, then `dpt-repro report`. PROFILE=quick first writes configs/quick.yaml into
+# params.yaml (the queued experiments keep it; `git checkout params.yaml` restores the default afterwards).
 LPC ?= 1,2,5
 SEEDS ?= range(0,3)
 JOBS ?= 1
-sweep: setup
-	. $(BIN)/activate && dvc exp run --queue -S 'base.labels_per_class=$(LPC)' -S 'base.seed=$(SEEDS)' && \
-	  dvc queue start -j $(JOBS) && echo "queued; follow with: dvc queue status / dvc queue logs NAME -f"
+PROFILE ?=
+QUEUE = . $(BIN)/activate && dvc exp run --queue
+profile: setup
+	@if [ -n "$(PROFILE)" ]; then . $(BIN)/activate && dpt-repro profile $(PROFILE); fi
+
+# Labels per class x seeds: claim 1 (DPT gain) and the pseudo-label generator's FID.
+sweep: profile queue-sweep start
+queue-sweep:
+	$(QUEUE) -S 'base.labels_per_class=$(LPC)' -S 'base.seed=$(SEEDS)'
+
+# Claim 2's generators trained on all true labels (oracle) and on the labelled images only, at 5 and 1 labels per
+# class; and stage 3 without generated images, which separates retraining from the pseudo images.
+baselines: profile queue-baselines start
+queue-baselines:
+	$(QUEUE) -S 'stage2.labels=oracle,labelled' -S 'base.labels_per_class=5,1' -S 'base.seed=0'
+	$(QUEUE) -S 'stage3.generated_share=0' -S 'base.labels_per_class=1,2' -S 'base.seed=$(SEEDS)'
+
+# K (generated images per class; the profile's value is the third) and the guidance scale at 1 label per class.
+ABLATE_K ?= 25,400
+ABLATE_W ?= 1.0,3.0
+ablate: profile queue-ablate start
+queue-ablate:
+	$(QUEUE) -S 'sample.images_per_class=$(ABLATE_K)' -S 'base.labels_per_class=1' -S 'base.seed=0'
+	$(QUEUE) -S 'sample.guidance_scale=$(ABLATE_W)' -S 'base.labels_per_class=1' -S 'base.seed=0'
+
+# Everything the report compares, in one queue, in this order.
+claims: profile queue-sweep queue-baselines queue-ablate start
+
+start:
+	. $(BIN)/activate && dvc queue start -j $(JOBS) && \
+	  echo "queued; follow with: dvc queue status / dvc queue logs NAME -f; then: dpt-repro report"
 
 # The local store in the browser (no server process needed for logging).
 mlflow-ui: setup
