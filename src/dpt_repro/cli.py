@@ -16,6 +16,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from dpt_repro import distributed
+
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
                   help="Dual Pseudo Training (DPT), reproducible: run one pipeline stage at a time, or all with "
                        "[bold]dvc repro[/bold].")
@@ -49,8 +51,15 @@ def _run_stage(module: str, params: Path, lpc: int | None, seed: int | None, dev
             overrides.append(f"{key}={value}")
     try:
         cfg = load_config(params, overrides)
+        if module in distributed.DATA_PARALLEL and cfg.launcher.processes > 1 and not distributed.launched():
+            _launch(cfg)
+        if distributed.launched():
+            from dpt_repro.runtime import setup
+
+            setup(cfg.base)  # every rank joins the process group, even one with no collective work
         with timed("_".join([module, *kwargs.values()]), cfg.run_key):
             importlib.import_module(f"dpt_repro.stages.{module}").run(cfg, params, **kwargs)
+        distributed.finish()
     except UserError as exc:
         _fail(str(exc), 2)
     except GateFailed as exc:
@@ -61,6 +70,18 @@ def _run_stage(module: str, params: Path, lpc: int | None, seed: int | None, dev
         where = f" {exc.filename}" if exc.filename else ""
         _fail(f"could not write{where}: {exc.strerror or exc} (disk full or file-size limit); free space and "
               "rerun: outputs are renamed into place only when complete, so earlier outputs are intact", 1)
+
+
+def _launch(cfg) -> None:
+    """Run this very command again on `launcher` processes through torchrun, and exit with its status."""
+    import subprocess
+
+    n = cfg.launcher
+    cmd = distributed.launch_command(n.nproc_per_node, n.nnodes, n.rdzv_endpoint, n.rdzv_id, sys.argv[1:])
+    from dpt_repro.runtime import log
+
+    log.info("launching %d processes per node on %d node(s): %s", n.nproc_per_node, n.nnodes, " ".join(cmd))
+    raise typer.Exit(subprocess.run(cmd).returncode)
 
 
 def _stage_command(name: str, module: str, help_text: str) -> None:
@@ -138,3 +159,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+if __name__ == "__main__":  # `python -m dpt_repro.cli`, as torchrun starts each process
+    main()

@@ -135,6 +135,23 @@ class EvalConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """How many processes run the data-parallel stages (`torchrun`); hardware only, so no stage depends on it.
+
+    Batch sizes in params are global: each of the `processes` ranks takes batch_size / processes, so the same
+    params describe the same experiment on a laptop and on a cluster."""
+
+    nproc_per_node: int = 1     # processes per machine: GPUs per node (or CPU processes, with gloo)
+    nnodes: int = 1             # machines; > 1 needs rdzv_endpoint
+    rdzv_endpoint: str = ""     # host:port of the first node for multi-node runs (torchrun's c10d rendezvous)
+    rdzv_id: str = "dpt"        # the job's rendezvous id: every node of one run passes the same
+
+    @property
+    def processes(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
+@dataclass
 class Config:
     base: BaseConfig = field(default_factory=BaseConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
@@ -145,6 +162,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     stage3: Stage3Config = field(default_factory=Stage3Config)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
     @property
     def run_key(self) -> str:
@@ -333,6 +351,22 @@ def validate(cfg: Config) -> None:
     _check(e.fid_precision in ("float32", "bfloat16"),
            f"eval.fid_precision: unknown {e.fid_precision!r} (valid: float32, bfloat16)")
     _check(e.fid_ref_images >= 2, f"eval.fid_ref_images must be at least 2, got {e.fid_ref_images}")
+    validate_launcher(cfg)
+
+
+def validate_launcher(cfg: Config) -> None:
+    """Global batches must split evenly over the processes (see `LauncherConfig`)."""
+    n = cfg.launcher
+    _check(n.nproc_per_node >= 1, f"launcher.nproc_per_node must be at least 1, got {n.nproc_per_node}")
+    _check(n.nnodes >= 1, f"launcher.nnodes must be at least 1, got {n.nnodes}")
+    _check(n.nnodes == 1 or ":" in n.rdzv_endpoint,
+           f"launcher.rdzv_endpoint must be host:port of the first node when launcher.nnodes is {n.nnodes}, "
+           f"got {n.rdzv_endpoint!r}")
+    for key, batch, per in (("stage1.batch_size", cfg.stage1.batch_size, n.processes),
+                            ("stage3.batch_size", cfg.stage3.batch_size, n.processes),
+                            ("stage2.batch_size", cfg.stage2.batch_size, n.processes * cfg.stage2.grad_accum)):
+        _check(batch % per == 0, f"{key} {batch} must be divisible by {per} (the launcher's {n.processes} "
+                                 f"processes{' x stage2.grad_accum' if key.startswith('stage2') else ''})")
 
 
 def merge_profile(base_tree: dict, profile_tree: dict) -> dict:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import os
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from dpt_repro import distributed
 from dpt_repro.config import BaseConfig
 from dpt_repro.errors import UserError
 
@@ -44,7 +44,12 @@ def setup(base: BaseConfig):
     if base.device == "cuda" and not torch.cuda.is_available():
         raise UserError("base.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
     name = "cuda" if base.device == "auto" and torch.cuda.is_available() else base.device
-    return torch.device("cpu" if name == "auto" else name)
+    device = torch.device("cpu" if name == "auto" else name)
+    if device.type == "cuda" and distributed.world_size() > 1:
+        device = torch.device("cuda", distributed.local_rank())  # one GPU per process
+        torch.cuda.set_device(device)
+    distributed.init(device.type)
+    return device
 
 
 def hardware(device) -> str:
@@ -83,7 +88,8 @@ class Progress:
 
     def __init__(self, description: str, total: int, every: float = 30.0):
         self.description, self.total, self.every = description, total, every
-        self.interactive = sys.stderr.isatty() and os.environ.get("RANK", "0") == "0"
+        self.interactive = sys.stderr.isatty() and distributed.is_main()
+        self.quiet = not distributed.is_main()
         self._bar = None
         self._last = 0.0
         self._done = 0
@@ -110,6 +116,8 @@ class Progress:
             self._bar.update(self._task, advance=advance, info=self.info)
             return
         now = time.monotonic()
+        if self.quiet:
+            return
         if now - self._last >= self.every or self._done >= self.total:
             self._last = now
             log.info("%s %d/%d %s (%.0fs)", self.description, self._done, self.total, self.info, now - self._start)
@@ -125,6 +133,8 @@ def timed(stage: str, run_key: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     seconds = time.perf_counter() - start
+    if not distributed.is_main():
+        return
     log.info("%s took %.1fs", stage, seconds)
     path = Path(".dpt") / "timings.jsonl"
     path.parent.mkdir(exist_ok=True)

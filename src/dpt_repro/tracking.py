@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from dpt_repro import distributed
 from dpt_repro.config import Config
 from dpt_repro.io import write_json
 
@@ -243,6 +244,9 @@ class StageRun:
 @contextlib.contextmanager
 def stage_run(cfg: Config, stage: str, sections: tuple[str, ...], params_file: Path | str) -> Iterator[StageRun]:
     """A child run of the pipeline run, with the stage's params sections, params file and dvc.lock logged."""
+    if not distributed.is_main():  # rank 0 logs for every process of a data-parallel stage
+        yield StageRun(None, stage)
+        return
     uri = tracking_uri()
     problem = server_problem(uri)
     if problem is not None:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dpt_repro import distributed
 from dpt_repro.config import DiffusionConfig
 from dpt_repro.diffusion.unet import build_unet
 from dpt_repro.errors import UserError
@@ -58,7 +60,9 @@ def to_model_space(images: np.ndarray) -> torch.Tensor:
 
 
 def fingerprint(cfg: DiffusionConfig, seed: int, labels: np.ndarray, n_images: int, image_size: int) -> str:
-    h = hashlib.sha256(json.dumps({"cfg": asdict(cfg), "seed": seed, "n": n_images, "size": image_size},
+    world = distributed.world_size()  # ranks draw other batches: a checkpoint resumes under the same count
+    extra = {"processes": world} if world > 1 else {}
+    h = hashlib.sha256(json.dumps({"cfg": asdict(cfg), "seed": seed, "n": n_images, "size": image_size, **extra},
                                   sort_keys=True).encode())
     h.update(np.ascontiguousarray(labels).tobytes())
     return h.hexdigest()[:16]
@@ -91,6 +95,7 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray
 
     channels, size = images.shape[3], images.shape[1]
     cuda = device.type == "cuda"
+    world, main = distributed.world_size(), distributed.is_main()
     fp = fingerprint(cfg, seed, labels, len(images), size)
     torch.manual_seed(seed)
     unet = build_unet(cfg.profile, size, channels, num_classes).to(device)
@@ -102,7 +107,10 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray
     warmup = max(1, cfg.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     noise_sched = make_scheduler(cfg)
-    forward = torch.compile(unet) if cfg.compile and cuda else unet
+    forward = unet
+    if distributed.active():  # data-parallel: gradients averaged over the ranks by DDP
+        forward = torch.nn.parallel.DistributedDataParallel(unet, device_ids=[device] if cuda else None)
+    forward = torch.compile(forward) if cfg.compile and cuda else forward
 
     # The whole training set on the device: at most ~0.7 GB in float32 for 60k 32x32 RGB images.
     x_all, y_all = to_model_space(images).to(device), torch.from_numpy(labels.astype(np.int64)).to(device)
@@ -122,7 +130,7 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray
         log.info("stage2: resuming from step %d (%s)", start, checkpoint)
 
     log_every = max(1, cfg.steps // 200)
-    micro = cfg.batch_size // cfg.grad_accum
+    micro = cfg.batch_size // (cfg.grad_accum * world)  # this rank's micro-batch (config checks it divides)
     shape = (micro, *x_all.shape[1:])
     # The step rate leaves out the first steps (allocator, kernel autotuning, compilation).
     warm_step = start + min(10, (cfg.steps - start) // 10)
@@ -135,10 +143,11 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray
                 if cuda:
                     torch.cuda.synchronize(device)
                 seen, t0 = 0, time.perf_counter()
-            g = generator(seed, 2, step)
+            # One process keeps its historical stream; each rank of a data-parallel run draws its own.
+            g = generator(seed, 2, step) if world == 1 else generator(seed, 2, step, 2, distributed.rank())
             torch.manual_seed(generator(seed, 2, step, 1).initial_seed())  # dropout, if the profile has any
             total = torch.zeros((), device=device)
-            for _ in range(cfg.grad_accum):
+            for i in range(cfg.grad_accum):
                 idx = torch.randint(len(x_all), (micro,), generator=g)
                 drop = torch.rand(micro, generator=g) < cfg.label_dropout
                 noise = torch.randn(shape, generator=g)
@@ -150,12 +159,14 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray
                 target = noise if cfg.prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
                 if cuda:
                     x_t = x_t.contiguous(memory_format=torch.channels_last)
-                with autocast(device, cfg.mixed_precision):
-                    pred = forward(x_t, t, class_labels=y).sample
-                loss = F.mse_loss(pred.float(), target.float()) / cfg.grad_accum
-                loss.backward()
+                sync = i == cfg.grad_accum - 1 or not distributed.active()  # all-reduce once per step
+                with nullcontext() if sync else forward.no_sync():
+                    with autocast(device, cfg.mixed_precision):
+                        pred = forward(x_t, t, class_labels=y).sample
+                    loss = F.mse_loss(pred.float(), target.float()) / cfg.grad_accum
+                    loss.backward()
                 total += loss.detach()
-                seen += micro
+                seen += micro * world
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
             opt.step()
             sched.step()
@@ -177,7 +188,7 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray
                 t0 += time.perf_counter() - t_eval  # the step rate counts training only
                 if on_log:
                     on_log(done, {"fid_during_training": result.fid_curve[-1]["fid"]})
-            if checkpoint is not None and done < cfg.steps and done % cfg.checkpoint_every == 0:
+            if main and checkpoint is not None and done < cfg.steps and done % cfg.checkpoint_every == 0:
                 save_checkpoint(checkpoint, {"model": unet.state_dict(), "ema": ema.state_dict(),
                                              "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
                                              "step": done, "curve": result.curve, "fid_curve": result.fid_curve,

@@ -22,6 +22,7 @@ from typing import Iterable
 
 import numpy as np
 
+from dpt_repro import distributed
 from dpt_repro.errors import UserError
 from dpt_repro.io import file_sha256
 from dpt_repro.runtime import Progress
@@ -122,15 +123,22 @@ class FeatureExtractor:
             return self.net(x).reshape(len(x), -1).double().cpu().numpy()
 
 
+def features_all_ranks(images: np.ndarray, extractor: FeatureExtractor, batch_size: int, bar: Progress) -> np.ndarray:
+    """Features of `images` in order: each rank of a data-parallel stage extracts its share, all get all."""
+    part = images[distributed.shard(len(images))]
+    feats = [np.zeros((0, 2048), np.float32)]
+    for start in range(0, len(part), batch_size):
+        # float32 is lossless here (the network computes in float32 or bf16) and halves what ranks exchange.
+        feats.append(extractor(part[start:start + batch_size]).astype(np.float32))
+        bar.update(len(feats[-1]) * distributed.world_size())
+    return distributed.gather(np.concatenate(feats)).astype(np.float64)
+
+
 def extract_features(images: np.ndarray, extractor: FeatureExtractor, *, batch_size: int,
                      description: str = "fid features") -> np.ndarray:
     """Pool3 features [N, 2048] of a small in-memory set (large sets go through `stream_statistics`)."""
-    feats = []
     with Progress(description, len(images)) as bar:
-        for start in range(0, len(images), batch_size):
-            feats.append(extractor(images[start:start + batch_size]))
-            bar.update(len(feats[-1]))
-    return np.concatenate(feats)
+        return features_all_ranks(images, extractor, batch_size, bar)
 
 
 def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -170,9 +178,7 @@ def stream_statistics(batches: Iterable[np.ndarray], total: int, extractor: Feat
     stats = StreamingStatistics(total, keep)
     with Progress(description, total) as bar:
         for images in batches:
-            for start in range(0, len(images), batch_size):
-                stats.update(extractor(images[start:start + batch_size]))
-                bar.update(min(batch_size, len(images) - start))
+            stats.update(features_all_ranks(images, extractor, batch_size, bar))
     if stats.n != total:
         raise UserError(f"FID input had {stats.n} images, expected {total}")
     return stats.result()

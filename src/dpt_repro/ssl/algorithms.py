@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from dpt_repro import distributed
 from dpt_repro.config import ClassifierConfig
 from dpt_repro.errors import UserError
 
@@ -119,9 +120,12 @@ class FreeMatch(FixMatch):
                                                       (self.time_p, self.p_model, self.label_hist))
         conf, pseudo = probs.max(-1)
         hist = torch.bincount(pseudo, minlength=self.num_classes).float()
-        self.time_p = m * self.time_p + (1 - m) * conf.mean()
-        self.p_model = m * self.p_model + (1 - m) * probs.mean(0)
-        self.label_hist = m * self.label_hist + (1 - m) * hist / hist.sum()
+        # Averaged over the ranks of a data-parallel run (equal batches), so every rank keeps the same state.
+        batch = distributed.all_mean(torch.cat([conf.mean()[None], probs.mean(0), hist / hist.sum()]))
+        k = self.num_classes
+        self.time_p = m * self.time_p + (1 - m) * batch[0]
+        self.p_model = m * self.p_model + (1 - m) * batch[1:1 + k]
+        self.label_hist = m * self.label_hist + (1 - m) * batch[1 + k:]
 
     def threshold(self, probs, pseudo):
         local = self.p_model / self.p_model.max()

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dpt_repro import distributed
 from dpt_repro.config import ClassifierConfig
 from dpt_repro.data import augment
 from dpt_repro.errors import UserError
@@ -96,6 +97,12 @@ def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int, device:
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def predict_proba_all_ranks(model: nn.Module, images: np.ndarray, batch_size: int,
+                            device: torch.device) -> np.ndarray:
+    """`predict_proba` with each rank of a data-parallel stage taking its share; every rank gets all rows."""
+    return distributed.gather(predict_proba(model, images[distributed.shard(len(images))], batch_size, device))
+
+
 def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int,
              device: torch.device) -> float:
     return float((predict_proba(model, images, batch_size, device).argmax(1) == labels).mean())
@@ -103,7 +110,10 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_siz
 
 def fingerprint(cfg: ClassifierConfig, seed: int, stream: int, data: ClassifierData) -> str:
     """Identifies a training run: a checkpoint is resumed only by the run that wrote it."""
-    h = hashlib.sha256(json.dumps({"cfg": asdict(cfg), "seed": seed, "stream": stream}, sort_keys=True).encode())
+    world = distributed.world_size()  # ranks draw other batches: a checkpoint resumes under the same count
+    extra = {"processes": world} if world > 1 else {}
+    h = hashlib.sha256(json.dumps({"cfg": asdict(cfg), "seed": seed, "stream": stream, **extra},
+                                  sort_keys=True).encode())
     for a in (data.labelled_x, data.labelled_y, data.val_y):
         h.update(np.ascontiguousarray(a).tobytes())
     h.update(str(data.unlabelled_x.shape).encode())
@@ -136,23 +146,30 @@ def validate_batch_sizes(cfg: ClassifierConfig, data: ClassifierData, section: s
 def train_classifier(cfg: ClassifierConfig, data: ClassifierData, *, num_classes: int, seed: int, stream: int,
                      device: torch.device, checkpoint: Path | None = None, description: str = "train",
                      on_log: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train on this process, or as one rank of a data-parallel run (DDP): every rank draws its own share of
+    the global batch; rank 0 alone evaluates, keeps the best weights and writes checkpoints."""
     algo = build_algorithm(cfg, num_classes)
     channels, size = data.labelled_x.shape[3], data.labelled_x.shape[1]
+    world, main = distributed.world_size(), distributed.is_main()
     torch.manual_seed(seed * 1000 + stream)
     model = build_classifier(cfg, channels, num_classes, size).to(device)
     ema = copy.deepcopy(model).eval()
+    net = model  # the module whose weights are saved; `model` may be its DDP wrapper
+    if distributed.active():
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     for p in ema.parameters():
         p.requires_grad_(False)
     opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
     xl, yl = to_float(data.labelled_x).to(device), torch.from_numpy(data.labelled_y).to(device)
     xu = to_float(data.unlabelled_x).to(device) if algo.uses_unlabelled else None
-    n_u = cfg.mu * cfg.batch_size
+    b = cfg.batch_size // world  # this rank's share of the global batch (config checks it divides)
+    n_u = cfg.mu * b
     result = TrainResult(state_dict={}, best_step=-1, best_val_acc=-1.0)
     start = 0
     if checkpoint is not None and checkpoint.is_file():
         state = load_checkpoint(checkpoint)
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         algo.load_state_dict(state["algorithm"])
@@ -168,25 +185,26 @@ def train_classifier(cfg: ClassifierConfig, data: ClassifierData, *, num_classes
         bar.update(start)
         for step in range(start, cfg.steps):
             model.train()
-            g = generator(seed, stream, step)
+            # One process keeps its historical stream; each rank of a data-parallel run draws its own.
+            g = generator(seed, stream, step) if world == 1 else generator(seed, stream, step, 2, distributed.rank())
             torch.manual_seed(generator(seed, stream, step, 1).initial_seed())  # dropout/drop-path in timm models
             lr = cfg.lr * math.cos(7 * math.pi * step / (16 * cfg.steps))
             for group in opt.param_groups:
                 group["lr"] = lr
-            idx_l = labelled_batch(data, cfg.batch_size, g).to(device)
+            idx_l = labelled_batch(data, b, g).to(device)
             views = [augment.weak(xl[idx_l], g)]
             if xu is not None:
                 u = xu[torch.randint(len(xu), (n_u,), generator=g).to(device)]
                 views += [augment.weak(u, g), augment.strong(u, g)]
             logits = model(normalize(torch.cat(views)))
-            logits_x = logits[:cfg.batch_size]
-            logits_w, logits_s = (logits[cfg.batch_size:].chunk(2) if xu is not None else (None, None))
+            logits_x = logits[:b]
+            logits_w, logits_s = (logits[b:].chunk(2) if xu is not None else (None, None))
             loss, stats = algo.loss(logits_x, yl[idx_l], logits_w, logits_s)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            _ema_update(ema, model, cfg.ema_decay)
-            seen += sum(len(v) for v in views)
+            _ema_update(ema, net, cfg.ema_decay)
+            seen += sum(len(v) for v in views) * world
 
             if step % log_every == 0 or step == cfg.steps - 1:
                 row = {"step": step, "lr": lr, **stats}
@@ -194,7 +212,7 @@ def train_classifier(cfg: ClassifierConfig, data: ClassifierData, *, num_classes
                 if on_log:
                     on_log(step, row)
             last = step == cfg.steps - 1
-            if (step + 1) % cfg.eval_every == 0 or last:
+            if main and ((step + 1) % cfg.eval_every == 0 or last):
                 acc = accuracy(ema, data.val_x, data.val_y, cfg.eval_batch_size, device)
                 result.val_curve.append({"step": step, "val_acc": acc})
                 if on_log:
@@ -203,9 +221,9 @@ def train_classifier(cfg: ClassifierConfig, data: ClassifierData, *, num_classes
                     result.best_val_acc, result.best_step = acc, step
                     result.state_dict = {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()}
                 bar.info = f"val {acc:.3f} (best {result.best_val_acc:.3f})"
-            if checkpoint is not None and not last and (step + 1) % cfg.checkpoint_every == 0:
+            if main and checkpoint is not None and not last and (step + 1) % cfg.checkpoint_every == 0:
                 save_checkpoint(checkpoint, {
-                    "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                    "model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                     "algorithm": algo.state_dict(), "step": step + 1, "best_state": result.state_dict,
                     "best_step": result.best_step, "best_val_acc": result.best_val_acc,
                     "curve": result.curve, "val_curve": result.val_curve})

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dpt_repro import distributed
 from dpt_repro.config import ClassifierConfig, Config, paths
 from dpt_repro.data.shards import load_split
 from dpt_repro.errors import UserError
@@ -51,6 +52,8 @@ def train_and_save(cfg: Config, section: str, data: ClassifierData, stream: int,
     result = train_classifier(c, data, num_classes=cfg.base.num_classes, seed=cfg.base.seed, stream=stream,
                               device=device, checkpoint=ckpt, description=section,
                               on_log=lambda step, row: run.metrics(row, step=step))
+    if not distributed.is_main():
+        return result
     save_classifier(out_dir, result.state_dict, asdict(c), cfg, data, {
         "section": section, "weights": "ema", "selection": "best validation accuracy of the EMA weights",
         "best_step": result.best_step, "best_val_acc": result.best_val_acc, "fingerprint": fp,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpt_repro import tracking
+from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import iter_generated, load_generated_manifest, load_manifest, load_split
 from dpt_repro.errors import UserError
@@ -19,7 +19,7 @@ from dpt_repro.io import read_npz, read_parquet, write_json
 from dpt_repro.metrics import fid
 from dpt_repro.metrics.classification import plot_confusion, summary
 from dpt_repro.runtime import hardware, setup
-from dpt_repro.ssl.train import predict_proba
+from dpt_repro.ssl.train import predict_proba_all_ranks
 from dpt_repro.stages.classifier import load_classifier, write_csv
 
 
@@ -32,7 +32,7 @@ def run(cfg: Config, params_file: Path) -> dict:
     results, preds = {}, {}
     for stage, folder in (("stage1", p.stage1), ("stage3", p.stage3)):
         model, _ = load_classifier(folder, f"{stage} classifier")
-        preds[stage] = predict_proba(model.to(device), test_x, cfg.pseudo.batch_size, device).argmax(1)
+        preds[stage] = predict_proba_all_ranks(model.to(device), test_x, cfg.pseudo.batch_size, device).argmax(1)
         results[stage] = summary(test_y, preds[stage], k)
 
     table = read_parquet(p.pseudo_labels, "pseudo-labels", ["pseudo_label", "true_label"])
@@ -46,6 +46,8 @@ def run(cfg: Config, params_file: Path) -> dict:
     extractor = fid.FeatureExtractor(device, e.fid_resize, e.fid_precision)
     mu, sigma, gen_feats = fid.stream_statistics((x for x, _ in iter_generated(p.generated)), n_generated,
                                                  extractor, batch_size=e.batch_size, description="fid generated")
+    if not distributed.is_main():
+        return {}
     fid_value = fid.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
     kid_value = fid.kid(gen_feats.astype(np.float64), ref["features"].astype(np.float64), e.kid_subset_size)
     metrics = {

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
-from dpt_repro import tracking
+from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import iter_split, load_manifest, split_count
 from dpt_repro.io import write_npz
@@ -40,6 +40,8 @@ def run(cfg: Config, params_file: Path) -> dict:
     extractor = fid.FeatureExtractor(device, e.fid_resize, e.fid_precision)
     mu, sigma, feats = fid.stream_statistics(_selected(p.prepared, e.fid_ref_split, idx), len(idx), extractor,
                                              batch_size=e.batch_size, description="fid reference")
+    if not distributed.is_main():
+        return {}
     digest = load_manifest(p.prepared)["splits"][e.fid_ref_split]["sha256"]
     meta = {"dataset": cfg.base.dataset, "split": e.fid_ref_split, "n": int(len(idx)), "resize": e.fid_resize, "precision": e.fid_precision,
             "network": fid.NETWORK, "weights_sha256": fid.WEIGHTS_SHA256, "data_sha256": digest}

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dpt_repro import tracking
+from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import iter_split, load_manifest
 from dpt_repro.io import atomic_path, write_json
 from dpt_repro.metrics.classification import plot_confusion, summary
 from dpt_repro.runtime import setup
-from dpt_repro.ssl.train import predict_proba
+from dpt_repro.ssl.train import predict_proba_all_ranks
 from dpt_repro.stages.classifier import load_classifier
 
 
@@ -25,7 +25,7 @@ def predict_split(model, folder: Path, split: str, batch_size: int, device) -> p
     """The pseudo-label table of one split, read one shard at a time: memory holds one shard and the table."""
     pseudo, confidence, labels = [], [], []
     for images, shard_labels in iter_split(folder, split):
-        probs = predict_proba(model, images, batch_size, device)
+        probs = predict_proba_all_ranks(model, images, batch_size, device)
         pseudo.append(probs.argmax(1).astype(np.int64))
         confidence.append(probs.max(1).astype(np.float32))
         labels.append(shard_labels)
@@ -39,6 +39,8 @@ def run(cfg: Config, params_file: Path) -> dict:
     device = setup(cfg.base)
     model, _ = load_classifier(p.stage1, "stage-1 classifier")
     table = predict_split(model.to(device), p.prepared, "train", cfg.pseudo.batch_size, device)
+    if not distributed.is_main():
+        return {}
     pseudo, labels = table["pseudo_label"].to_numpy(), table["true_label"].to_numpy()
     with atomic_path(p.pseudo_labels) as tmp:
         table.to_parquet(tmp, index=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpt_repro import tracking
+from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.diffusion.sample import class_plan, describe, guided_sample
 from dpt_repro.errors import UserError
@@ -76,27 +76,35 @@ def run(cfg: Config, params_file: Path) -> dict:
     fp = hashlib.sha256(json.dumps({"sample": asdict(s), "seed": cfg.base.seed, "model": training["fingerprint"]},
                                    sort_keys=True).encode()).hexdigest()[:16]
     work = Path("checkpoints") / "sample" / cfg.run_key / fp
-    work.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        work.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, len(labels), s.shard_size))
     names = [f"shard-{i:03d}.npz" for i in range(len(starts))]
     with tracking.stage_run(cfg, "sample", ("sample",), params_file) as run, \
             Progress("sample", len(labels)) as bar:
         for name, start in zip(names, starts):
             end = min(start + s.shard_size, len(labels))
-            if (work / name).is_file():
+            if distributed.broadcast((work / name).is_file()):  # rank 0's view of the work folder
                 log.info("sample: %s was written by an earlier run (resumed)", name)
                 bar.update(end - start)
                 continue
-            parts = []
-            for b in range(start, end, s.batch_size):
-                e = min(b + s.batch_size, end)
+            # Each rank of a data-parallel run samples its part of the shard; rank 0 writes the whole shard.
+            mine = distributed.shard(end - start)
+            lo, hi = start + mine.start, start + mine.stop
+            parts = [np.zeros((0, cfg.base.image_size, cfg.base.image_size, cfg.base.channels), np.uint8)]
+            for b in range(lo, hi, s.batch_size):
+                e = min(b + s.batch_size, hi)
                 parts.append(guided_sample(unet, scheduler_config, torch.from_numpy(labels[b:e]),
                                            seeds[b:e].tolist(), guidance_scale=s.guidance_scale, steps=s.steps,
                                            null_class=training["null_class"], device=device, scheduler=s.scheduler,
                                            mixed_precision=training["stage2"].get("mixed_precision", "no")))
-                bar.update(e - b)
-            write_npz(work / name, images=np.concatenate(parts), labels=labels[start:end],
-                      index=index[start:end], seeds=seeds[start:end])
+                bar.update((e - b) * distributed.world_size())
+            shard_images = distributed.gather(np.concatenate(parts))
+            if distributed.is_main():
+                write_npz(work / name, images=shard_images, labels=labels[start:end],
+                          index=index[start:end], seeds=seeds[start:end])
+        if not distributed.is_main():
+            return {}
         shards = [read_npz(work / name, "generated shard") for name in names]
         images = np.concatenate([x["images"] for x in shards])
         manifest = {"shards": names, "count": int(len(labels)), "images_per_class": s.images_per_class,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dpt_repro import tracking
+from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.io import write_json
 from dpt_repro.stages.classifier import classifier_data, real_data, train_and_save
@@ -19,6 +19,8 @@ def run(cfg: Config, params_file: Path) -> dict:
     with tracking.stage_run(cfg, "stage1", ("stage1",), params_file) as run:
         run.datasets(prepared=p.prepared, split=p.split)
         result = train_and_save(cfg, "stage1", data, STREAM, p.stage1, run)
+        if not distributed.is_main():
+            return {}
         metrics = {"val_acc": result.best_val_acc, "best_step": result.best_step,
                    "images_per_second": round(result.images_per_second, 1)}
         run.metrics(metrics)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpt_repro import tracking
+from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import load_split
 from dpt_repro.diffusion.train import fingerprint, make_scheduler, train_diffusion
@@ -60,11 +60,16 @@ def training_fid(cfg: Config, images: np.ndarray, device):
     scheduler_config = dict(make_scheduler(cfg.stage2).config)
 
     def on_eval(step: int, ema_unet) -> float:
-        batches = [guided_sample(ema_unet, scheduler_config, torch.from_numpy(labels[i:i + s.batch_size]),
-                                 seeds[i:i + s.batch_size].tolist(), guidance_scale=s.guidance_scale,
-                                 steps=s.steps, null_class=k, device=device, scheduler=s.scheduler,
-                                 mixed_precision=cfg.stage2.mixed_precision) for i in range(0, n, s.batch_size)]
-        gen = fid.statistics(fid.extract_features(np.concatenate(batches), extractor, **kw, description=f"FID @ {step}"))
+        mine = distributed.shard(n)  # every rank samples its share (same EMA weights, seeds by image)
+        part_labels, part_seeds = labels[mine], seeds[mine]
+        batches = [np.zeros((0, *images.shape[1:]), np.uint8)]
+        for i in range(0, len(part_labels), s.batch_size):
+            batches.append(guided_sample(ema_unet, scheduler_config, torch.from_numpy(part_labels[i:i + s.batch_size]),
+                                         part_seeds[i:i + s.batch_size].tolist(), guidance_scale=s.guidance_scale,
+                                         steps=s.steps, null_class=k, device=device, scheduler=s.scheduler,
+                                         mixed_precision=cfg.stage2.mixed_precision))
+        generated = distributed.gather(np.concatenate(batches))
+        gen = fid.statistics(fid.extract_features(generated, extractor, **kw, description=f"FID @ {step}"))
         return fid.frechet_distance(*gen, *ref)
 
     return on_eval
@@ -76,8 +81,6 @@ def run(cfg: Config, params_file: Path) -> dict:
     all_images, true_labels = load_split(p.prepared, "train")
     images, labels = generator_training_set(cfg, all_images, true_labels)
     c = cfg.stage2
-    if c.batch_size % c.grad_accum:
-        raise UserError(f"stage2.batch_size {c.batch_size} must be divisible by stage2.grad_accum {c.grad_accum}")
     fp = fingerprint(c, cfg.base.seed, labels, len(images), images.shape[1])
     ckpt = Path("checkpoints") / "stage2" / cfg.run_key / f"{fp}.pt"
     with tracking.stage_run(cfg, "stage2", ("stage2",), params_file) as run:
@@ -85,6 +88,8 @@ def run(cfg: Config, params_file: Path) -> dict:
         result = train_diffusion(c, images, labels, num_classes=cfg.base.num_classes, seed=cfg.base.seed,
                                  device=device, checkpoint=ckpt, on_log=lambda s, row: run.metrics(row, step=s),
                                  on_eval=training_fid(cfg, all_images, device) if c.fid_every else None)
+        if not distributed.is_main():
+            return {}
         with atomic_dir(p.stage2) as tmp:
             result.unet.save_pretrained(tmp / "unet")
             result.ema_unet.save_pretrained(tmp / "unet_ema")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from dpt_repro import tracking
+from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import load_generated
 from dpt_repro.io import write_json
@@ -44,11 +44,15 @@ def run(cfg: Config, params_file: Path) -> dict:
     data = classifier_data(images, labels, split, gen_x, gen_y, cfg.stage3.generated_share)
     with tracking.stage_run(cfg, "stage3", ("stage3",), params_file) as run:
         run.datasets(prepared=p.prepared, split=p.split, generated=p.generated)
+        if cfg.stage3.protocol == "probe" and not distributed.is_main():
+            return {}  # the probe is a small fit on one process
         if cfg.stage3.protocol == "probe":
             run.datasets(stage1=p.stage1)
             metrics = probe(cfg, data, run)
         else:
             result = train_and_save(cfg, "stage3", data, STREAM, p.stage3, run)
+            if not distributed.is_main():
+                return {}
             metrics = {"val_acc": result.best_val_acc, "best_step": result.best_step,
                        "images_per_second": round(result.images_per_second, 1),
                        "generated_share_per_batch": cfg.stage3.generated_share}
