@@ -41,6 +41,7 @@ smoke: setup
 # The claims sweeps (issue 5). Each target queues experiments (dvc exp run --queue) and starts the queue, JOBS at a
 # time; follow with `dvc queue status`, then `dpt-repro report`. PROFILE=quick first writes configs/quick.yaml into
 # params.yaml (the queued experiments keep it; `git checkout params.yaml` restores the default afterwards).
+# On a 2-core CPU, OMP_NUM_THREADS=1 with JOBS=2 runs two single-threaded pipelines side by side.
 LPC ?= 1,2,5
 SEEDS ?= range(0,3)
 JOBS ?= 1
@@ -54,11 +55,13 @@ sweep: profile queue-sweep start
 queue-sweep:
 	$(QUEUE) -S 'base.labels_per_class=$(LPC)' -S 'base.seed=$(SEEDS)'
 
-# Claim 2's generators trained on all true labels (oracle) and on the labelled images only, at 5 and 1 labels per
-# class; and stage 3 without generated images, which separates retraining from the pseudo images.
+# Claim 2's generators: on all true labels (the oracle, which does not depend on labels per class) and on the
+# labelled images only, at 5 and 1 labels per class; and stage 3 without generated images, which separates the
+# effect of retraining from that of the pseudo images.
 baselines: profile queue-baselines start
 queue-baselines:
-	$(QUEUE) -S 'stage2.labels=oracle,labelled' -S 'base.labels_per_class=5,1' -S 'base.seed=0'
+	$(QUEUE) -S 'stage2.labels=oracle' -S 'base.labels_per_class=5' -S 'base.seed=0'
+	$(QUEUE) -S 'stage2.labels=labelled' -S 'base.labels_per_class=5,1' -S 'base.seed=0'
 	$(QUEUE) -S 'stage3.generated_share=0' -S 'base.labels_per_class=1,2' -S 'base.seed=$(SEEDS)'
 
 # K (generated images per class; the profile's value is the third) and the guidance scale at 1 label per class.
