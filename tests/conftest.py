@@ -23,3 +23,23 @@ def toy_images():
     noise = rng.integers(0, 16, size=(n_per * k, 28, 28, 1))
     images = (labels[:, None, None, None] * 25 + noise).astype(np.uint8)
     return images, labels
+
+
+@pytest.fixture
+def cifar10_files(tmp_path):
+    """Tiny files in CIFAR-10's python format (what torchvision downloads): pickled dicts of 3,072-byte rows
+    (R, G, B planes) and labels; 10 images per batch, one of each class. Returns the data_path folder."""
+    import pickle
+
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    per_batch = 10
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = [i % 10 for i in range(per_batch)]
+        planes = np.stack([np.full((per_batch, 32, 32), v, np.uint8) for v in (10, 20, 30)], 1)
+        planes[:, 0, 0, 1] = labels  # R plane, row 0, column 1 carries the label
+        with open(folder / name, "wb") as fh:
+            pickle.dump({b"data": planes.reshape(per_batch, 3072), b"labels": labels}, fh)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)]}, fh)
+    return folder.parent

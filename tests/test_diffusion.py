@@ -113,13 +113,13 @@ def test_sampling_refuses_a_generator_trained_for_another_shape(tmp_path):
 
     unet = build_unet("small28", 28, 1, 10)
     cfg = Config()
-    check_generator(cfg, tmp_path, unet, {"num_classes": 10})
+    check_generator(cfg, tmp_path, unet, {"num_classes": 10}, None)
     cfg.base.num_classes = 5
     with pytest.raises(UserError, match="trained with num_classes 10, but params say base.num_classes 5"):
-        check_generator(cfg, tmp_path, unet, {"num_classes": 10})
+        check_generator(cfg, tmp_path, unet, {"num_classes": 10}, None)
     cfg.base.num_classes, cfg.base.channels = 10, 3
     with pytest.raises(UserError, match="channels 1, but params say base.channels 3"):
-        check_generator(cfg, tmp_path, unet, {"num_classes": 10})
+        check_generator(cfg, tmp_path, unet, {"num_classes": 10}, None)
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "ddpm"])

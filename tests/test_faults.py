@@ -4,7 +4,6 @@ gives; rerun a stage and get bit-identical outputs. Smoke profile, real CLI proc
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

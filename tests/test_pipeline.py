@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,6 +241,68 @@ def test_two_queued_experiments_run_at_once_and_both_log_completely(smoke_repo, 
     assert "## The paper" in text and "gain significant at 5 %?" in text
     for picture in ("top1.png", "fid.png"):
         assert (tmp_path / "report" / picture).read_bytes()[:4] == b"\x89PNG"
+
+
+DATA_PARALLEL = ("stage1", "pseudo_label", "stage2", "sample", "fid_reference", "stage3", "evaluate")
+
+
+def _generated(repo: Path) -> dict[str, np.ndarray]:
+    folder = repo / "data" / "generated" / KEY
+    shards = [np.load(f) for f in sorted(folder.glob("shard-*.npz"))]
+    return {k: np.concatenate([s[k] for s in shards]) for k in ("images", "labels", "index", "seeds")}
+
+
+def test_two_gloo_processes_through_torchrun_match_one_process(smoke_repo, tmp_path):
+    """launcher.nproc_per_node=2: each data-parallel stage runs as two gloo ranks under torchrun. Rank 0 alone
+    writes and logs; the run matches the single-process smoke run where it must (split, sample plan, counts)
+    and is within noise elsewhere; on the same model, two ranks pseudo-label, sample and extract FID features
+    as one process does."""
+    import yaml
+
+    single, _ = smoke_repo
+    repo = tmp_path / "ddp"
+    for item in TRACKED:
+        src, dst = ROOT / item, repo / item
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    params = yaml.safe_load((single / "params.yaml").read_text())
+    params["launcher"]["nproc_per_node"] = 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ok(sh(["git", "init", "-q"], repo))
+    result = sh(["dvc", "repro"], repo, timeout=1200)
+    ok(result)
+    assert (result.stdout + result.stderr).count("launching 2 processes per node") == len(DATA_PARALLEL)
+
+    # Rank 0 alone wrote: one timing line and one MLflow child run per stage, each output once.
+    timings = [json.loads(line)["stage"] for line in (repo / ".dpt" / "timings.jsonl").read_text().splitlines()]
+    assert len(timings) == len(STAGES) == len(set(timings)), timings
+    client, exp = store(repo)
+    children = [r for r in client.search_runs([exp], max_results=100) if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.tags["stage"] for r in children) == sorted(STAGES)
+    assert all(r.info.status == "FINISHED" for r in children)
+
+    # The same experiment as one process: same split and sample plan, metrics within the noise of smoke runs.
+    assert (repo / "data/splits" / KEY / "split.json").read_bytes() == (single / "data/splits" / KEY / "split.json").read_bytes()
+    two, one = _generated(repo), _generated(single)
+    for key in ("labels", "index", "seeds"):
+        assert np.array_equal(two[key], one[key]), key
+    assert two["images"].shape == one["images"].shape
+    m2, m1 = (json.loads((r / "metrics" / "eval.json").read_text()) for r in (repo, single))
+    for key in ("top1_stage1", "pseudo_label_accuracy"):
+        assert abs(m2[key] - m1[key]) < 0.2, (key, m2[key], m1[key])
+    assert m2["fid_protocol"]["n_generated"] == m1["fid_protocol"]["n_generated"]
+
+    # Same inputs, one process vs two ranks: pseudo-labels, samples and FID reference agree.
+    ranks2 = {"pseudo": pd.read_parquet(repo / "data/pseudo_labels" / KEY / "pseudo_labels.parquet"),
+              "images": two["images"], "ref": np.load(repo / "data/fid_ref/fashion-mnist-train.npz")}
+    for stage in ("pseudo-label", "sample", "fid-reference"):
+        ok(sh(["dpt-repro", stage, "-S", "launcher.nproc_per_node=1"], repo))
+    pd.testing.assert_frame_equal(pd.read_parquet(repo / "data/pseudo_labels" / KEY / "pseudo_labels.parquet"),
+                                  ranks2["pseudo"], check_exact=False, atol=1e-5)
+    diff = np.abs(_generated(repo)["images"].astype(int) - ranks2["images"].astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.01, (diff.max(), diff.mean())
+    ref = np.load(repo / "data/fid_ref/fashion-mnist-train.npz")
+    assert np.allclose(ref["mu"], ranks2["ref"]["mu"], atol=1e-4) and np.array_equal(ref["indices"], ranks2["ref"]["indices"])
 
 
 def _push_delete_pull(repo: Path, remote: str, env_extra=None) -> None:

@@ -50,3 +50,35 @@ def test_shards_roundtrip_and_detect_tampering(tmp_path):
     np.savez_compressed(tmp_path / "train-001.npz", images=images[10:20] ^ 1, labels=labels[10:20])
     with pytest.raises(UserError, match="does not match its manifest checksum"):
         load_split(tmp_path, "train", verify=True)
+
+
+def test_cifar10_python_batches_decode_to_hwc_images(cifar10_files):
+    base = BaseConfig(dataset="cifar10", data_path=str(cifar10_files), image_size=32, channels=3)
+    raw = load_raw(base, PrepareConfig())
+    assert raw.train_images.shape == (50, 32, 32, 3) and raw.test_images.shape == (10, 32, 32, 3)
+    assert raw.train_images[3, 5, 5].tolist() == [10, 20, 30]
+    assert np.array_equal(raw.train_images[:, 0, 1, 0], raw.train_labels)
+    assert raw.class_names[:2] == ["class0", "class1"]
+
+
+def test_cifar10_without_its_files_says_what_to_download(tmp_path):
+    base = BaseConfig(dataset="cifar10", data_path=str(tmp_path), image_size=32, channels=3)
+    with pytest.raises(UserError, match="missing data_batch_1.*cifar-10-python.tar.gz"):
+        load_raw(base, PrepareConfig())
+
+
+def test_an_imagenet_style_tree_keeps_its_val_split_and_centre_crops(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 4), ("val", 2)):
+        for wnid in ("n01440764", "n01443537"):
+            (tmp_path / split / wnid).mkdir(parents=True)
+            for i in range(n):
+                img = np.zeros((30, 60, 3), np.uint8)
+                img[:, 15:45] = 200  # the centre square is bright; the crop must keep only it
+                Image.fromarray(img).save(tmp_path / split / wnid / f"{wnid}_{i}.JPEG", quality=95)
+    base = BaseConfig(dataset="imagefolder", data_path=str(tmp_path), num_classes=2, image_size=16, channels=3)
+    raw = load_raw(base, PrepareConfig())
+    assert raw.train_images.shape == (8, 16, 16, 3) and raw.test_images.shape == (4, 16, 16, 3)
+    assert raw.class_names == ["n01440764", "n01443537"] and raw.test_labels.tolist() == [0, 0, 1, 1]
+    assert raw.train_images.mean() > 180  # a plain resize would keep the dark sides (mean ~100)

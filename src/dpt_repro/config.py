@@ -17,7 +17,7 @@ import yaml
 
 from dpt_repro.errors import UserError
 
-DATASETS = ("fashion-mnist", "imagefolder", "npz")
+DATASETS = ("fashion-mnist", "cifar10", "imagefolder", "npz")
 DEVICES = ("auto", "cpu", "cuda")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 FID_RESIZES = ("clean", "legacy_tensorflow")
@@ -53,6 +53,7 @@ class ClassifierConfig:
     algorithm: str = "freematch"
     backbone: str = "cnn"
     pretrained: bool = False  # timm backbones only; needs network access or a local Hugging Face cache
+    weights: str = ""         # timm backbones: a local file of pretrained weights (implies pretrained)
     steps: int = 1500
     batch_size: int = 32
     mu: int = 7
@@ -74,6 +75,8 @@ class Stage3Config(ClassifierConfig):
 
     protocol: str = "retrain"      # retrain (CIFAR-10: SSL from scratch) | probe (ImageNet: frozen stage-1 encoder)
     generated_share: float = -1.0  # generated images per labelled batch: -1 as in the pool, 0 none (baseline)
+    generated_per_class: int = 0   # the first N generated images of each class join the labelled set (0: all K);
+                                   # the sample stage may draw more, e.g. 5,000 per class for FID-50K
 
 
 @dataclass
@@ -96,6 +99,7 @@ class GatesConfig:
 class DiffusionConfig:
     labels: str = "pseudo"      # pseudo | oracle (true labels of all images) | labelled (the labelled images only)
     profile: str = "small28"
+    autoencoder: str = ""       # latent diffusion: a diffusers AutoencoderKL folder or hub id; empty: pixel space
     steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-3
@@ -128,6 +132,7 @@ class SampleConfig:
 class EvalConfig:
     fid_ref_split: str = "train"
     fid_ref_images: int = 2000
+    fid_images_per_class: int = 0    # generated images per class in the FID (e.g. 50 for ImageNet FID-50K); 0: all
     fid_resize: str = "clean"        # clean | legacy_tensorflow (the resize of the CIFAR-10 literature's FIDs)
     fid_precision: str = "float32"   # float32 | bfloat16 (CUDA only: ~2x faster Inception)
     batch_size: int = 50
@@ -317,6 +322,8 @@ def validate(cfg: Config) -> None:
     share = cfg.stage3.generated_share
     _check(share == -1 or 0 <= share <= 1, f"stage3.generated_share must be -1 (as in the pool) or in [0, 1], "
                                            f"got {share}")
+    _check(cfg.stage3.generated_per_class >= 0,
+           f"stage3.generated_per_class must be at least 0 (0: all), got {cfg.stage3.generated_per_class}")
     _check(cfg.stage2.labels in GENERATOR_LABELS,
            f"stage2.labels: unknown {cfg.stage2.labels!r} (valid: {', '.join(GENERATOR_LABELS)})")
     d = cfg.stage2
@@ -351,6 +358,8 @@ def validate(cfg: Config) -> None:
     _check(e.fid_precision in ("float32", "bfloat16"),
            f"eval.fid_precision: unknown {e.fid_precision!r} (valid: float32, bfloat16)")
     _check(e.fid_ref_images >= 2, f"eval.fid_ref_images must be at least 2, got {e.fid_ref_images}")
+    _check(e.fid_images_per_class >= 0, f"eval.fid_images_per_class must be at least 0 (0: all), got "
+                                        f"{e.fid_images_per_class}")
     validate_launcher(cfg)
 
 
@@ -362,9 +371,10 @@ def validate_launcher(cfg: Config) -> None:
     _check(n.nnodes == 1 or ":" in n.rdzv_endpoint,
            f"launcher.rdzv_endpoint must be host:port of the first node when launcher.nnodes is {n.nnodes}, "
            f"got {n.rdzv_endpoint!r}")
-    for key, batch, per in (("stage1.batch_size", cfg.stage1.batch_size, n.processes),
-                            ("stage3.batch_size", cfg.stage3.batch_size, n.processes),
-                            ("stage2.batch_size", cfg.stage2.batch_size, n.processes * cfg.stage2.grad_accum)):
+    trained = [("stage1.batch_size", cfg.stage1.batch_size, n.processes, cfg.stage1.algorithm != "probe"),
+               ("stage2.batch_size", cfg.stage2.batch_size, n.processes * cfg.stage2.grad_accum, True),
+               ("stage3.batch_size", cfg.stage3.batch_size, n.processes, cfg.stage3.protocol != "probe")]
+    for key, batch, per in [t[:3] for t in trained if t[3]]:  # a probe fits on one process, in one batch
         _check(batch % per == 0, f"{key} {batch} must be divisible by {per} (the launcher's {n.processes} "
                                  f"processes{' x stage2.grad_accum' if key.startswith('stage2') else ''})")
 

@@ -46,6 +46,25 @@ def iter_split(folder: Path, split: str) -> Iterator[tuple[np.ndarray, np.ndarra
         yield part["images"], part["labels"]
 
 
+def select(folder: Path, split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The images and labels at `indices` (any order), read shard by shard: memory holds one shard and the
+    selection, so a few labelled images of a split too large for memory (ImageNet) are cheap to read."""
+    indices = np.asarray(indices, np.int64)
+    order = np.argsort(indices, kind="stable")
+    wanted = indices[order]
+    images, labels, offset = [], [], 0
+    for x, y in iter_split(folder, split):
+        lo, hi = np.searchsorted(wanted, [offset, offset + len(x)])
+        images.append(x[wanted[lo:hi] - offset])
+        labels.append(y[wanted[lo:hi] - offset])
+        offset += len(x)
+    if len(indices) and wanted[-1] >= offset:
+        raise UserError(f"index {int(wanted[-1])} is past the {offset} images of {folder} split {split}")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return np.concatenate(images)[inverse], np.concatenate(labels)[inverse]
+
+
 def load_split(folder: Path, split: str, verify: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Read all shards of one split; with `verify`, check them against the manifest's digest."""
     folder = Path(folder)
@@ -65,13 +84,15 @@ def load_generated_manifest(folder: Path) -> dict:
     return read_json(Path(folder) / "manifest.json", "generated-images manifest")
 
 
-def iter_generated(folder: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Generated (images, labels) one shard at a time."""
+def iter_generated(folder: Path, per_class: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Generated (images, labels) one shard at a time; with `per_class`, only the first `per_class` images of
+    each class (by their plan index, so the same images K = per_class would have drawn)."""
     for name in load_generated_manifest(folder)["shards"]:
         part = read_npz(Path(folder) / name, "generated shard")
-        yield part["images"], part["labels"]
+        keep = part["index"] < per_class if per_class > 0 else slice(None)
+        yield part["images"][keep], part["labels"][keep]
 
 
-def load_generated(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    parts = list(iter_generated(folder))
+def load_generated(folder: Path, per_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    parts = list(iter_generated(folder, per_class))
     return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])

@@ -111,16 +111,19 @@ def _check_classes(labels: np.ndarray, base: BaseConfig, where: str) -> None:
         raise UserError(f"{where}: label {extra[0]} is outside 0..{base.num_classes - 1} (base.num_classes)")
 
 
-def image_folder(base: BaseConfig, prep: PrepareConfig) -> RawData:
-    """torchvision's ImageFolder layout: one subfolder per class, resized to base.image_size."""
+def _center_crop_resize(im, size: int):
+    """ADM's ImageNet preprocessing (the DPT/U-ViT protocol): the short side to `size`, then a centre crop."""
     from PIL import Image
 
-    root = Path(base.data_path)
-    if not base.data_path or not root.is_dir():
-        raise UserError(f"base.data_path must be a folder with one subfolder per class, got {base.data_path!r}")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if len(classes) != base.num_classes:
-        raise UserError(f"{root} has {len(classes)} class folders, base.num_classes is {base.num_classes}")
+    scale = size / min(im.size)
+    im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
+    left, top = (im.width - size) // 2, (im.height - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def _read_class_folders(root: Path, classes: list[str], base: BaseConfig) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
     mode = "L" if base.channels == 1 else "RGB"
     images, labels = [], []
     suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -130,11 +133,64 @@ def image_folder(base: BaseConfig, prep: PrepareConfig) -> RawData:
             raise UserError(f"{root / name}: class {name!r} has no images")
         for f in files:
             with Image.open(f) as im:
-                im = im.convert(mode).resize((base.image_size, base.image_size), Image.BICUBIC)
+                im = _center_crop_resize(im.convert(mode), base.image_size)
                 images.append(np.asarray(im, np.uint8).reshape(base.image_size, base.image_size, base.channels))
             labels.append(c)
-    x, y = np.stack(images), np.asarray(labels, np.int64)
-    return RawData(*_split_train_test(x, y, prep), classes, str(root))
+    return np.stack(images), np.asarray(labels, np.int64)
+
+
+def image_folder(base: BaseConfig, prep: PrepareConfig) -> RawData:
+    """torchvision's ImageFolder layout: one subfolder per class, centre-cropped to base.image_size. A root with
+    `train/` and `val/` class trees (ImageNet's layout) keeps that split; otherwise a stratified test split."""
+    root = Path(base.data_path)
+    if not base.data_path or not root.is_dir():
+        raise UserError(f"base.data_path must be a folder with one subfolder per class, got {base.data_path!r}")
+    has_val = (root / "train").is_dir() and (root / "val").is_dir()
+    train_root = root / "train" if has_val else root
+    classes = sorted(d.name for d in train_root.iterdir() if d.is_dir())
+    if len(classes) != base.num_classes:
+        raise UserError(f"{train_root} has {len(classes)} class folders, base.num_classes is {base.num_classes}")
+    x, y = _read_class_folders(train_root, classes, base)
+    if not has_val:
+        return RawData(*_split_train_test(x, y, prep), classes, str(root))
+    val_classes = sorted(d.name for d in (root / "val").iterdir() if d.is_dir())
+    if val_classes != classes:
+        raise UserError(f"{root / 'val'} class folders differ from {train_root}'s (e.g. "
+                        f"{sorted(set(val_classes) ^ set(classes))[0]!r})")
+    return RawData(x, y, *_read_class_folders(root / "val", classes, base), classes, str(root))
+
+
+CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+
+def _unpickle(path: Path) -> dict:
+    import pickle
+
+    with open(path, "rb") as fh:
+        return pickle.load(fh, encoding="bytes")
+
+
+def cifar10(base: BaseConfig, prep: PrepareConfig) -> RawData:
+    """The CIFAR-10 python version (`cifar-10-python.tar.gz` unpacked, what torchvision downloads): pickled
+    batches of 10,000 rows of 3,072 bytes (the R, G and B planes of a 32x32 image) with their labels."""
+    root = Path(base.data_path)
+    folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    missing = [n for n in (*CIFAR10_TRAIN, "test_batch", "batches.meta") if not (folder / n).is_file()]
+    if not base.data_path or missing:
+        raise UserError(f"base.data_path {base.data_path!r} must hold CIFAR-10's python batches (missing "
+                        f"{missing[0] if base.data_path else 'the folder'}); download cifar-10-python.tar.gz from "
+                        "https://www.cs.toronto.edu/~kriz/cifar.html and unpack it there")
+
+    def read(names) -> tuple[np.ndarray, np.ndarray]:
+        batches = [_unpickle(folder / n) for n in names]
+        x = np.concatenate([b[b"data"] for b in batches]).astype(np.uint8)
+        y = np.concatenate([np.asarray(b[b"labels"], np.int64) for b in batches])
+        return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), y
+
+    train_x, train_y = read(CIFAR10_TRAIN)
+    test_x, test_y = read(["test_batch"])
+    names = [n.decode() for n in _unpickle(folder / "batches.meta")[b"label_names"]]
+    return RawData(train_x, train_y, test_x, test_y, names, str(folder))
 
 
 def npz_file(base: BaseConfig, prep: PrepareConfig) -> RawData:
@@ -166,6 +222,7 @@ def npz_file(base: BaseConfig, prep: PrepareConfig) -> RawData:
 
 SOURCES: dict[str, Callable[[BaseConfig, PrepareConfig], RawData]] = {
     "fashion-mnist": fashion_mnist,
+    "cifar10": cifar10,
     "imagefolder": image_folder,
     "npz": npz_file,
 }

@@ -8,6 +8,8 @@ class). Conditional and null-label passes run in one batched forward; the guided
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -54,8 +56,10 @@ def initial_noise(generators: list[torch.Generator], shape: tuple[int, int, int]
 @torch.inference_mode()
 def guided_sample(unet, scheduler_config: dict, labels: torch.Tensor, seeds: list[int], *, guidance_scale: float,
                   steps: int, null_class: int, device: torch.device, scheduler: str = "dpmsolver++",
-                  mixed_precision: str = "no") -> np.ndarray:
-    """Sample one batch; returns uint8 images [N, H, W, C]. `mixed_precision="bf16"` autocasts on CUDA."""
+                  mixed_precision: str = "no", decode: Callable[[torch.Tensor], np.ndarray] | None = None
+                  ) -> np.ndarray:
+    """Sample one batch; returns uint8 images [N, H, W, C]. `mixed_precision="bf16"` autocasts on CUDA;
+    `decode` turns latents into images (latent diffusion, `diffusion/latent.py`)."""
     from dpt_repro.diffusion.train import autocast
 
     if guidance_scale < 0:
@@ -76,6 +80,8 @@ def guided_sample(unet, scheduler_config: dict, labels: torch.Tensor, seeds: lis
         cond, uncond = out.float().chunk(2)
         guided = uncond + guidance_scale * (cond - uncond)
         x = sched.step(guided, t, x, **step_kw).prev_sample
+    if decode is not None:
+        return decode(x)
     images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return images.permute(0, 2, 3, 1).cpu().numpy()
 

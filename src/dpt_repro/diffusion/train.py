@@ -55,8 +55,10 @@ def make_scheduler(cfg: DiffusionConfig):
 
 
 def to_model_space(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, C] -> float [N, C, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    """uint8 images [N, H, W, C] -> float [N, C, H, W] in [-1, 1]; float arrays (scaled latents) are only
+    transposed."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    return x.div_(127.5).sub_(1.0) if images.dtype == np.uint8 else x
 
 
 def fingerprint(cfg: DiffusionConfig, seed: int, labels: np.ndarray, n_images: int, image_size: int) -> str:

@@ -24,6 +24,12 @@ PROFILES: dict[str, dict] = {
                          down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
                          up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
                          dropout=0.1, norm_num_groups=32),
+    # 32x32x4 latents of 256x256 images (ImageNet, with stage2.autoencoder), ADM-like: attention at 16x16 and
+    # 8x8 with 64-channel heads, 172M parameters (the paper's U-ViT-H/2 has 501M).
+    "latent32": dict(block_out_channels=(256, 512, 768), layers_per_block=2,
+                     down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                     up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                     attention_head_dim=64, norm_num_groups=32),
 }
 
 

@@ -20,7 +20,9 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from dpt_repro.stages.sample import load_generator
 
-        self.unet, self.scheduler_config, self.training = load_generator(Path(context.artifacts["model_dir"]))
+        # A latent generator loads its autoencoder from where training.json names it (a folder or hub id).
+        self.unet, self.scheduler_config, self.training, self.decode = load_generator(
+            Path(context.artifacts["model_dir"]))
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
         import torch
@@ -37,7 +39,8 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         return guided_sample(self.unet, self.scheduler_config, torch.from_numpy(labels), seeds,
                              guidance_scale=float(params.get("guidance_scale", 1.5)),
                              steps=int(params.get("steps", 20)), null_class=self.training["null_class"],
-                             scheduler=str(params.get("scheduler", "dpmsolver++")), device=torch.device("cpu"))
+                             scheduler=str(params.get("scheduler", "dpmsolver++")), device=torch.device("cpu"),
+                             decode=self.decode)
 
 
 mlflow.models.set_model(GeneratorModel())

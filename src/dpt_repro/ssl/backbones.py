@@ -6,6 +6,8 @@ network can serve as a frozen encoder (the ImageNet protocol's linear probe).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -79,28 +81,47 @@ class WideResNet(nn.Module):
 
 
 class TimmBackbone(nn.Module):
-    """Any timm model by name, trained from scratch unless the user asks for pretrained weights."""
+    """Any timm model by name (with a pretrained tag, e.g. `vit_base_patch16_224.dino`), trained from scratch
+    unless the user asks for pretrained weights: from a local file (`weights`) or the Hugging Face hub.
 
-    def __init__(self, name: str, in_channels: int, num_classes: int, image_size: int, pretrained: bool = False):
+    Inputs arrive in [-1, 1] like every backbone's; a pretrained model renormalises them to the mean and std it
+    was trained with. Those are buffers, saved with the weights, so a reloaded model needs no download."""
+
+    def __init__(self, name: str, in_channels: int, num_classes: int, image_size: int, pretrained: bool = False,
+                 weights: str = ""):
         super().__init__()
         import timm
 
-        if name not in timm.list_models():
+        if not timm.is_model(name):
             raise UserError(f"unknown timm model {name!r} (see timm.list_models())")
         kwargs = {"img_size": image_size} if "vit" in name or "deit" in name else {}
+        if weights:
+            if not Path(weights).is_file():
+                raise UserError(f"pretrained weights for timm:{name} not found at {weights!r}")
+            kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
         try:
-            self.net = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels,
-                                         **kwargs)
+            self.net = timm.create_model(name, pretrained=pretrained or bool(weights), num_classes=num_classes,
+                                         in_chans=in_channels, **kwargs)
         except Exception as exc:  # offline hub lookups raise several error types
-            raise UserError(f"backbone 'timm:{name}' (pretrained={pretrained}) could not be built: "
-                            f"{type(exc).__name__}; pretrained weights need network access or a local "
-                            "Hugging Face cache") from None
+            hub = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None) or name
+            raise UserError(f"backbone 'timm:{name}' with pretrained weights could not be built "
+                            f"({type(exc).__name__}): download them once with `huggingface-cli download {hub}` "
+                            "(and unset HF_HUB_OFFLINE), or point the section's `weights` at a local file") from None
+        mean, std = (0.5,) * in_channels, (0.5,) * in_channels  # identity on [-1, 1] inputs
+        if pretrained or weights:
+            cfg = self.net.pretrained_cfg
+            mean, std = tuple(cfg.get("mean", mean))[:in_channels], tuple(cfg.get("std", std))[:in_channels]
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def _renormalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * 0.5 + 0.5 - self.mean) / self.std
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+        return self.net.forward_head(self.net.forward_features(self._renormalise(x)), pre_logits=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(self._renormalise(x))
 
 
 BACKBONES = ("cnn", "wrn28_2", "timm:<model name>")
@@ -115,11 +136,11 @@ def classifier_head(model: nn.Module) -> nn.Linear:
 
 
 def build_backbone(name: str, in_channels: int, num_classes: int, image_size: int,
-                   pretrained: bool = False) -> nn.Module:
+                   pretrained: bool = False, weights: str = "") -> nn.Module:
     if name == "cnn":
         return CompactCNN(in_channels, num_classes)
     if name == "wrn28_2":
         return WideResNet(in_channels, num_classes, 28, 2)
     if name.startswith("timm:") and len(name) > 5:
-        return TimmBackbone(name[5:], in_channels, num_classes, image_size, pretrained)
+        return TimmBackbone(name[5:], in_channels, num_classes, image_size, pretrained, weights)
     raise UserError(f"unknown backbone {name!r} (valid: {', '.join(BACKBONES)})")

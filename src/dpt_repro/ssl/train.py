@@ -83,7 +83,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def build_classifier(cfg: ClassifierConfig, channels: int, num_classes: int, image_size: int) -> nn.Module:
-    return build_backbone(cfg.backbone, channels, num_classes, image_size, cfg.pretrained)
+    return build_backbone(cfg.backbone, channels, num_classes, image_size, cfg.pretrained, cfg.weights)
 
 
 @torch.inference_mode()

@@ -11,7 +11,7 @@ import numpy as np
 
 from dpt_repro import distributed
 from dpt_repro.config import ClassifierConfig, Config, paths
-from dpt_repro.data.shards import load_split
+from dpt_repro.data.shards import load_split, select
 from dpt_repro.errors import UserError
 from dpt_repro.io import atomic_dir, atomic_path, load_weights, read_json, save_weights, write_json
 from dpt_repro.runtime import setup
@@ -41,6 +41,38 @@ def classifier_data(images: np.ndarray, labels: np.ndarray, split: dict, generat
     if n_generated:
         lx, ly = np.concatenate([lx, generated_x]), np.concatenate([ly, generated_y])
     return ClassifierData(lx, ly, images[unlabelled], images[val], labels[val], n_generated, generated_share)
+
+
+def probe_data(cfg: Config, generated_x: np.ndarray | None = None,
+               generated_y: np.ndarray | None = None) -> ClassifierData:
+    """The labelled (+ generated) and validation images alone, for the probe protocol, which needs no
+    unlabelled images; read shard by shard, since an ImageNet train split does not fit in memory."""
+    split = read_split(cfg)
+    lab, val = split["labelled"], split["validation"]
+    x, y = select(paths(cfg).prepared, "train", np.asarray(lab + val, np.int64))
+    lx, ly = x[:len(lab)], y[:len(lab)]
+    n_generated = 0 if generated_x is None else len(generated_x)
+    if n_generated:
+        lx, ly = np.concatenate([lx, generated_x]), np.concatenate([ly, generated_y])
+    return ClassifierData(lx, ly, x[:0], x[len(lab):], y[len(lab):], n_generated)
+
+
+def fit_probe_and_save(cfg: Config, encoder, classifier: dict, data: ClassifierData, out_dir: Path,
+                       record: dict) -> dict:
+    """A frozen encoder and a logistic-regression head fitted on `data`'s labelled images (the L2 weight chosen
+    on validation), saved as an ordinary classifier; DPT's ImageNet protocol for stages 1 and 3."""
+    from dpt_repro.ssl.probe import fit_probe
+
+    device = setup(cfg.base)
+    state, fit = fit_probe(encoder.to(device), data, cfg.base.num_classes, getattr(cfg, record["section"]).eval_batch_size,
+                           device)
+    save_classifier(out_dir, state, classifier, cfg, data, {
+        **record, "protocol": "probe", "best_val_acc": fit["val_acc"], "l2": fit["l2"],
+        "selection": "L2 weight by validation accuracy"}, {"l2_curve": fit["l2_curve"]})
+    section = record["section"]
+    for name, fields in (("train_curve", ["step", "loss"]), ("val_curve", ["step", "val_acc"])):
+        write_csv(paths(cfg).plots / section / f"{name}.csv", [], fields=fields)  # no training steps: empty curves
+    return {"val_acc": fit["val_acc"], "probe_l2": fit["l2"]}
 
 
 def train_and_save(cfg: Config, section: str, data: ClassifierData, stream: int, out_dir: Path, run) -> TrainResult:
@@ -92,6 +124,7 @@ def load_classifier(model_dir: Path, what: str):
     conf = read_json(Path(model_dir) / "config.json", f"{what} config")
     known = {f.name for f in dataclasses.fields(ClassifierConfig)}  # stage 3's record also holds its mix
     c = ClassifierConfig(**{k: v for k, v in conf["classifier"].items() if k in known})
+    c = dataclasses.replace(c, pretrained=False, weights="")  # the saved weights replace any pretrained ones
     model = build_classifier(c, conf["channels"], conf["num_classes"], conf["image_size"])
     try:
         model.load_state_dict(load_weights(Path(model_dir) / "model.safetensors", f"{what} weights"))

@@ -36,7 +36,9 @@ def run(cfg: Config, params_file: Path) -> dict:
         results[stage] = summary(test_y, preds[stage], k)
 
     table = read_parquet(p.pseudo_labels, "pseudo-labels", ["pseudo_label", "true_label"])
-    n_generated = load_generated_manifest(p.generated)["count"]
+    manifest = load_generated_manifest(p.generated)
+    per_class = min(e.fid_images_per_class or manifest["images_per_class"], manifest["images_per_class"])
+    n_generated = per_class * k
     ref = read_npz(p.fid_ref, "FID reference statistics")
     ref_meta = json.loads(str(ref["meta"]))
     used = (ref_meta.get("resize"), ref_meta.get("precision", "float32"))
@@ -44,7 +46,7 @@ def run(cfg: Config, params_file: Path) -> dict:
         raise UserError(f"FID reference {p.fid_ref} was computed with resize/precision {used}, but eval asks for "
                         f"{(e.fid_resize, e.fid_precision)}; rerun fid-reference")
     extractor = fid.FeatureExtractor(device, e.fid_resize, e.fid_precision)
-    mu, sigma, gen_feats = fid.stream_statistics((x for x, _ in iter_generated(p.generated)), n_generated,
+    mu, sigma, gen_feats = fid.stream_statistics((x for x, _ in iter_generated(p.generated, per_class)), n_generated,
                                                  extractor, batch_size=e.batch_size, description="fid generated")
     if not distributed.is_main():
         return {}

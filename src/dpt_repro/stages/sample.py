@@ -27,7 +27,8 @@ from dpt_repro.runtime import Progress, setup
 log = logging.getLogger("dpt_repro")
 
 
-def load_generator(model_dir: Path):
+def load_generator(model_dir: Path, device=None):
+    """The EMA UNet, its noise schedule, the training record, and the latent decoder (None in pixel space)."""
     from diffusers import UNet2DModel
 
     if not (model_dir / "unet_ema" / "config.json").is_file():
@@ -35,15 +36,24 @@ def load_generator(model_dir: Path):
     unet = UNet2DModel.from_pretrained(str(model_dir / "unet_ema")).eval()
     scheduler_config = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
     training = read_json(model_dir / "training.json", "stage-2 training record")
-    return unet, scheduler_config, training
+    decode = None
+    if training.get("autoencoder"):
+        from dpt_repro.diffusion.latent import decoder, load_autoencoder
+
+        decode = decoder(load_autoencoder(training["autoencoder"], device or torch.device("cpu")))
+    return unet, scheduler_config, training, decode
 
 
-def check_generator(cfg: Config, model_dir: Path, unet, training: dict) -> None:
+def check_generator(cfg: Config, model_dir: Path, unet, training: dict, decode) -> None:
     """Refuse a generator trained for another dataset shape before sampling anything."""
     b = cfg.base
+    size, channels = unet.config.sample_size, unet.config.in_channels
+    if decode is not None:  # latent diffusion: compare the decoded shape
+        probe = decode(torch.zeros(1, channels, size, size))
+        size, channels = probe.shape[1], probe.shape[3]
     for key, model_value, value in (("num_classes", training.get("num_classes"), b.num_classes),
-                                    ("image_size", unet.config.sample_size, b.image_size),
-                                    ("channels", unet.config.in_channels, b.channels)):
+                                    ("image_size", size, b.image_size),
+                                    ("channels", channels, b.channels)):
         if model_value != value:
             raise UserError(f"stage-2 model {model_dir} was trained with {key} {model_value}, but params say "
                             f"base.{key} {value}; rerun stage2 for these params")
@@ -68,8 +78,8 @@ def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
     s = cfg.sample
     device = setup(cfg.base)
-    unet, scheduler_config, training = load_generator(p.stage2)
-    check_generator(cfg, p.stage2, unet, training)
+    unet, scheduler_config, training, decode = load_generator(p.stage2, device)
+    check_generator(cfg, p.stage2, unet, training, decode)
     unet.to(device)
     k = cfg.base.num_classes
     labels, index, seeds = class_plan(k, s.images_per_class, cfg.base.seed)
@@ -97,7 +107,8 @@ def run(cfg: Config, params_file: Path) -> dict:
                 parts.append(guided_sample(unet, scheduler_config, torch.from_numpy(labels[b:e]),
                                            seeds[b:e].tolist(), guidance_scale=s.guidance_scale, steps=s.steps,
                                            null_class=training["null_class"], device=device, scheduler=s.scheduler,
-                                           mixed_precision=training["stage2"].get("mixed_precision", "no")))
+                                           mixed_precision=training["stage2"].get("mixed_precision", "no"),
+                                           decode=decode))
                 bar.update((e - b) * distributed.world_size())
             shard_images = distributed.gather(np.concatenate(parts))
             if distributed.is_main():

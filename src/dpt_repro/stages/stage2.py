@@ -13,7 +13,7 @@ import numpy as np
 
 from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.data.shards import load_split
+from dpt_repro.data.shards import iter_split, load_split, select, split_count
 from dpt_repro.diffusion.train import fingerprint, make_scheduler, train_diffusion
 from dpt_repro.errors import UserError
 from dpt_repro.io import atomic_dir, read_parquet, write_json
@@ -40,7 +40,19 @@ def generator_training_set(cfg: Config, images: np.ndarray, true_labels: np.ndar
     return images, load_pseudo_labels(cfg, len(images))
 
 
-def training_fid(cfg: Config, images: np.ndarray, device):
+def training_data(cfg: Config, device, vae) -> tuple[np.ndarray, np.ndarray]:
+    """The train split as the generator sees it: uint8 images, or (with an autoencoder) their latents, encoded
+    shard by shard so the images never sit in memory all at once; and the true labels."""
+    p = paths(cfg)
+    if vae is None:
+        return load_split(p.prepared, "train")
+    from dpt_repro.diffusion.latent import encode
+
+    parts = [(encode(vae, x, cfg.eval.batch_size, device), y) for x, y in iter_split(p.prepared, "train")]
+    return np.concatenate([z for z, _ in parts]), np.concatenate([y for _, y in parts])
+
+
+def training_fid(cfg: Config, device, decode):
     """`on_eval` for the trainer: FID of guided EMA samples, sampled as the sample stage does, against
     `stage2.fid_images` train images. Small N biases it upward: it shows the trend, evaluate gives the result."""
     import torch
@@ -52,8 +64,9 @@ def training_fid(cfg: Config, images: np.ndarray, device):
     n, k, s = cfg.stage2.fid_images, cfg.base.num_classes, cfg.sample
     extractor = fid.FeatureExtractor(device, cfg.eval.fid_resize, cfg.eval.fid_precision)
     kw = {"batch_size": cfg.eval.batch_size}
-    ref = fid.statistics(fid.extract_features(images[reference_indices(len(images), n)], extractor, **kw,
-                                              description="training FID reference"))
+    folder = paths(cfg).prepared
+    reference = select(folder, "train", reference_indices(split_count(folder, "train"), n))[0]
+    ref = fid.statistics(fid.extract_features(reference, extractor, **kw, description="training FID reference"))
     labels, index, seeds = class_plan(k, -(-n // k), cfg.base.seed)
     order = np.lexsort((labels, index))[:n]  # class-balanced: the i-th image of every class, then the (i+1)-th
     labels, seeds = labels[order], seeds[order]
@@ -62,12 +75,12 @@ def training_fid(cfg: Config, images: np.ndarray, device):
     def on_eval(step: int, ema_unet) -> float:
         mine = distributed.shard(n)  # every rank samples its share (same EMA weights, seeds by image)
         part_labels, part_seeds = labels[mine], seeds[mine]
-        batches = [np.zeros((0, *images.shape[1:]), np.uint8)]
+        batches = [np.zeros((0, *reference.shape[1:]), np.uint8)]
         for i in range(0, len(part_labels), s.batch_size):
             batches.append(guided_sample(ema_unet, scheduler_config, torch.from_numpy(part_labels[i:i + s.batch_size]),
                                          part_seeds[i:i + s.batch_size].tolist(), guidance_scale=s.guidance_scale,
                                          steps=s.steps, null_class=k, device=device, scheduler=s.scheduler,
-                                         mixed_precision=cfg.stage2.mixed_precision))
+                                         mixed_precision=cfg.stage2.mixed_precision, decode=decode))
         generated = distributed.gather(np.concatenate(batches))
         gen = fid.statistics(fid.extract_features(generated, extractor, **kw, description=f"FID @ {step}"))
         return fid.frechet_distance(*gen, *ref)
@@ -78,16 +91,21 @@ def training_fid(cfg: Config, images: np.ndarray, device):
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
     device = setup(cfg.base)
-    all_images, true_labels = load_split(p.prepared, "train")
-    images, labels = generator_training_set(cfg, all_images, true_labels)
     c = cfg.stage2
+    vae, decode = None, None
+    if c.autoencoder:
+        from dpt_repro.diffusion.latent import decoder, load_autoencoder
+
+        vae = load_autoencoder(c.autoencoder, device)
+        decode = decoder(vae)
+    images, labels = generator_training_set(cfg, *training_data(cfg, device, vae))
     fp = fingerprint(c, cfg.base.seed, labels, len(images), images.shape[1])
     ckpt = Path("checkpoints") / "stage2" / cfg.run_key / f"{fp}.pt"
     with tracking.stage_run(cfg, "stage2", ("stage2",), params_file) as run:
         run.datasets(prepared=p.prepared, pseudo_labels=p.pseudo_labels)
         result = train_diffusion(c, images, labels, num_classes=cfg.base.num_classes, seed=cfg.base.seed,
                                  device=device, checkpoint=ckpt, on_log=lambda s, row: run.metrics(row, step=s),
-                                 on_eval=training_fid(cfg, all_images, device) if c.fid_every else None)
+                                 on_eval=training_fid(cfg, device, decode) if c.fid_every else None)
         if not distributed.is_main():
             return {}
         with atomic_dir(p.stage2) as tmp:
@@ -99,6 +117,7 @@ def run(cfg: Config, params_file: Path) -> dict:
                                                "training_images": int(len(images)),
                                                "num_classes": cfg.base.num_classes,
                                                "null_class": cfg.base.num_classes, "weights_for_sampling": "unet_ema",
+                                               "autoencoder": c.autoencoder or None,
                                                "resumed_from": result.resumed_from})
             write_csv(tmp / "train_curve.csv", result.curve)
         write_csv(p.plots / "stage2" / "train_curve.csv", result.curve)
@@ -107,7 +126,7 @@ def run(cfg: Config, params_file: Path) -> dict:
         metrics = {"final_loss": result.curve[-1]["loss"], "images_per_second": round(result.images_per_second, 1),
                    "parameters": sum(q.numel() for q in result.unet.parameters())}
         run.metrics(metrics)
-        run.generator_model(p.stage2, images.shape[1:], seed=cfg.base.seed,
+        run.generator_model(p.stage2, (cfg.base.image_size, cfg.base.image_size, cfg.base.channels), seed=cfg.base.seed,
                             guidance_scale=cfg.sample.guidance_scale, steps=cfg.sample.steps,
                             scheduler=cfg.sample.scheduler)
     write_json(p.metrics / "stage2.json", metrics)

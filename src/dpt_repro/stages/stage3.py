@@ -13,43 +13,37 @@ from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import load_generated
 from dpt_repro.io import write_json
-from dpt_repro.runtime import setup
-from dpt_repro.stages.classifier import (classifier_data, load_classifier, real_data, save_classifier,
-                                         train_and_save, write_csv)
+from dpt_repro.ssl.train import ClassifierData
+from dpt_repro.stages.classifier import (classifier_data, fit_probe_and_save, load_classifier, probe_data,
+                                         real_data, train_and_save)
 
 STREAM = 3
 
 
-def probe(cfg: Config, data, run) -> dict:
+def probe(cfg: Config, gen_x, gen_y) -> tuple[dict, ClassifierData]:
     """The frozen stage-1 encoder with a logistic-regression head fitted on labelled + generated images."""
-    from dpt_repro.ssl.probe import fit_probe
-
     p = paths(cfg)
-    device = setup(cfg.base)
+    data = probe_data(cfg, gen_x, gen_y)
     encoder, conf = load_classifier(p.stage1, "stage-1 classifier")
-    state, record = fit_probe(encoder.to(device), data, cfg.base.num_classes, cfg.stage3.eval_batch_size, device)
-    save_classifier(p.stage3, state, conf["classifier"], cfg, data, {
-        "section": "stage3", "protocol": "probe", "stage3": asdict(cfg.stage3), "best_val_acc": record["val_acc"],
-        "weights": "stage-1 EMA encoder (frozen) + logistic-regression head", "l2": record["l2"],
-        "selection": "L2 weight by validation accuracy"}, {"l2_curve": record["l2_curve"]})
-    for name, fields in (("train_curve", ["step", "loss"]), ("val_curve", ["step", "val_acc"])):
-        write_csv(p.plots / "stage3" / f"{name}.csv", [], fields=fields)  # no training steps: empty curves
-    return {"val_acc": record["val_acc"], "probe_l2": record["l2"]}
+    metrics = fit_probe_and_save(cfg, encoder, conf["classifier"], data, p.stage3, {
+        "section": "stage3", "stage3": asdict(cfg.stage3),
+        "weights": "stage-1 encoder (frozen) + logistic-regression head"})
+    return metrics, data
 
 
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
-    images, labels, split = real_data(cfg)
-    gen_x, gen_y = load_generated(p.generated)
-    data = classifier_data(images, labels, split, gen_x, gen_y, cfg.stage3.generated_share)
+    gen_x, gen_y = load_generated(p.generated, cfg.stage3.generated_per_class)
     with tracking.stage_run(cfg, "stage3", ("stage3",), params_file) as run:
         run.datasets(prepared=p.prepared, split=p.split, generated=p.generated)
         if cfg.stage3.protocol == "probe" and not distributed.is_main():
             return {}  # the probe is a small fit on one process
         if cfg.stage3.protocol == "probe":
             run.datasets(stage1=p.stage1)
-            metrics = probe(cfg, data, run)
+            metrics, data = probe(cfg, gen_x, gen_y)
         else:
+            images, labels, split = real_data(cfg)
+            data = classifier_data(images, labels, split, gen_x, gen_y, cfg.stage3.generated_share)
             result = train_and_save(cfg, "stage3", data, STREAM, p.stage3, run)
             if not distributed.is_main():
                 return {}
@@ -58,7 +52,7 @@ def run(cfg: Config, params_file: Path) -> dict:
                        "generated_share_per_batch": cfg.stage3.generated_share}
         metrics["generated_share_of_labelled"] = round(len(gen_x) / len(data.labelled_x), 4)
         run.metrics(metrics)
-        uri = run.classifier_model(p.stage3, images.shape[1:])
+        uri = run.classifier_model(p.stage3, data.val_x.shape[1:])
         run.register_champion_candidate(uri, metrics["val_acc"], cfg)
     write_json(p.metrics / "stage3.json", metrics)
     return metrics

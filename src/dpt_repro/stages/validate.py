@@ -15,7 +15,7 @@ import numpy as np
 
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.data.shards import load_generated, load_generated_manifest, load_manifest, load_split
+from dpt_repro.data.shards import load_generated, load_manifest, load_split
 from dpt_repro.errors import GateFailed, UserError
 from dpt_repro.gates import suites
 from dpt_repro.gates.core import run_gate, summary_lines
@@ -77,9 +77,11 @@ def _generated(cfg: Config):
 def _mix(cfg: Config):
     p = paths(cfg)
     split = read_split(cfg)
-    manifest = load_generated_manifest(p.generated)
-    return suites.mix(len(split["labelled"]), manifest["count"], cfg.base.labels_per_class,
-                      cfg.sample.images_per_class, cfg.base.num_classes, cfg.gates.mix_tolerance)
+    cap = cfg.stage3.generated_per_class
+    used = min(cap, cfg.sample.images_per_class) if cap else cfg.sample.images_per_class
+    generated, _ = load_generated(p.generated, cap)  # exactly what stage 3 reads
+    return suites.mix(len(split["labelled"]), len(generated), cfg.base.labels_per_class, used,
+                      cfg.base.num_classes, cfg.gates.mix_tolerance)
 
 
 BUILDERS = {"prepared": _prepared, "split": _split, "pseudo_labels": _pseudo_labels, "generated": _generated,
