@@ -46,3 +46,18 @@ def test_a_repository_without_finished_experiments_is_a_clear_error(tmp_path):
     run(str(Path(sys.executable).parent / "dvc"), "init", "-q")  # the venv's dvc, activated or not
     with pytest.raises(report.UserError, match="no finished experiments"):
         report.collect(repo=str(tmp_path))
+
+
+def test_the_claims_section_compares_the_gain_with_retraining_alone_and_the_generators_fids():
+    rows = [row(1, s, g) for s, g in enumerate((0.020, 0.030, 0.025))]
+    rows += [row(1, s, 0.005, **{"stage3.generated_share": 0.0}) for s in range(3)]
+    rows += [row(5, s, 0.01) for s in range(3)]  # FIDs 30, 31, 32: mean 31
+    rows += [dict(row(5, 0, 0.0, **{"stage2.labels": "oracle"}), fid=27.0),
+             dict(row(5, 0, 0.0, **{"stage2.labels": "labelled"}), fid=80.0),
+             dict(row(1, 0, 0.02, **{"sample.images_per_class": 400}), fid=50.0)]  # an ablation: not the main row
+    text = "\n".join(report.claims(report.group_rows(rows)))
+    assert "Claim 1, 1 label(s) per class: DPT gain 2.50 ± 0.50 points over 3 seed(s); significant at 5 %: yes" in text
+    assert "retraining without generated images: 0.50 ± 0.00 points (3 seed(s))" in text
+    assert "Claim 2, 5 label(s) per class: FID of the pseudo-label generator 31.00; oracle 27.00 (ratio 1.15: " \
+           "within 20 %); labelled-only 80.00 (pseudo-label generator better)." in text
+    assert "Claim 2, 1 label(s) per class: FID of the pseudo-label generator 31.00; oracle 27.00 (ratio 1.15" in text
