@@ -82,3 +82,18 @@ def test_an_imagenet_style_tree_keeps_its_val_split_and_centre_crops(tmp_path):
     assert raw.train_images.shape == (8, 16, 16, 3) and raw.test_images.shape == (4, 16, 16, 3)
     assert raw.class_names == ["n01440764", "n01443537"] and raw.test_labels.tolist() == [0, 0, 1, 1]
     assert raw.train_images.mean() > 180  # a plain resize would keep the dark sides (mean ~100)
+
+
+def test_a_cifar10_batch_that_names_other_code_is_refused_unloaded(cifar10_files):
+    import os
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo should-not-run",))
+
+    with open(cifar10_files / "cifar-10-batches-py" / "data_batch_3", "wb") as fh:
+        pickle.dump({b"data": Evil(), b"labels": []}, fh)
+    base = BaseConfig(dataset="cifar10", data_path=str(cifar10_files), image_size=32, channels=3)
+    with pytest.raises(UserError, match=r"data_batch_3 references posix.system.*not loaded"):
+        load_raw(base, PrepareConfig())

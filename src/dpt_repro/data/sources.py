@@ -163,11 +163,24 @@ def image_folder(base: BaseConfig, prep: PrepareConfig) -> RawData:
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 
+# What a CIFAR-10 batch may reference: numpy arrays and their dtype (pickled by Python 2 or 3). Anything else
+# (a pickle can name any callable) is refused, so a tampered file cannot run code.
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
 def _unpickle(path: Path) -> dict:
     import pickle
 
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) not in _CIFAR_GLOBALS:
+                raise UserError(f"corrupt input: {path} references {module}.{name}, which a CIFAR-10 batch never "
+                                "does; not loaded")
+            return super().find_class(module, name)
+
     with open(path, "rb") as fh:
-        return pickle.load(fh, encoding="bytes")
+        return Restricted(fh, encoding="bytes").load()
 
 
 def cifar10(base: BaseConfig, prep: PrepareConfig) -> RawData:
