@@ -33,6 +33,7 @@ from dpt_repro.diffusion.train import make_scheduler, train_diffusion
 from dpt_repro.metrics import fid
 from dpt_repro.runtime import hardware, setup
 from dpt_repro.ssl.train import ClassifierData, train_classifier
+from stage2 import rate  # benchmarks/stage2.py: the same number formatting
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,8 +65,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="training steps per trainer (the first few are warm-up)")
     parser.add_argument("--divide", type=int, default=1, help="divide the profile's batch sizes (CPU checks)")
     args = parser.parse_args()
-    cfg = profile_config(args.divide)
+    full, cfg = profile_config(1), profile_config(args.divide)  # full: the images a complete run processes
     device = setup(cfg.base)
+    cuda = device.type == "cuda"
     world = distributed.world_size()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)
@@ -77,14 +79,15 @@ def main() -> None:
         n = c.batch_size
         data = ClassifierData(images[:n], labels[:n], images[n:], images[:100], labels[:100])
         result = train_classifier(c, data, num_classes=10, seed=0, stream=stream, device=device)
-        per_step = c.batch_size * (1 + 2 * c.mu)
+        f = getattr(full, section)
         rows.append((f"{section}: WRN-28-2 FreeMatch, B = {c.batch_size}, mu = {c.mu} (incl. warm-up)",
-                     result.images_per_second, getattr(cfg, section).steps * per_step))
+                     result.images_per_second, f.steps * f.batch_size * (1 + 2 * f.mu)))
 
     c2 = replace(cfg.stage2, steps=args.steps, fid_every=0, checkpoint_every=10 ** 9)
     out = train_diffusion(c2, images, labels, num_classes=10, seed=0, device=device)
-    rows.append((f"stage2: DDPM UNet, batch {c2.batch_size}, {c2.mixed_precision}, compile {c2.compile}",
-                 out.images_per_second, cfg.stage2.steps * cfg.stage2.batch_size))
+    precision = c2.mixed_precision if cuda else "fp32"  # the trainer autocasts and compiles on CUDA only
+    rows.append((f"stage2: DDPM UNet, batch {c2.batch_size}, {precision}, compile {c2.compile and cuda}",
+                 out.images_per_second, full.stage2.steps * full.stage2.batch_size))
 
     s = cfg.sample
     plan_labels, _, seeds = class_plan(10, s.batch_size // 10 + 1, 0)
@@ -99,7 +102,7 @@ def main() -> None:
     sample_batch()  # warm-up
     _, seconds = timed(sample_batch)
     rows.append((f"sample: {s.scheduler}, {s.steps} steps, guided, batch {s.batch_size}",
-                 s.batch_size * world / seconds, s.images_per_class * 10))
+                 s.batch_size * world / seconds, full.sample.images_per_class * 10))
 
     e = cfg.eval
     extractor = fid.FeatureExtractor(device, e.fid_resize, e.fid_precision)
@@ -107,14 +110,14 @@ def main() -> None:
     n_fid = min(len(images), 8 * e.batch_size)
     _, seconds = timed(lambda: [extractor(images[i:i + e.batch_size]) for i in range(0, n_fid, e.batch_size)])
     rows.append((f"FID features: {e.fid_resize}, {e.fid_precision}", n_fid * world / seconds,
-                 e.fid_ref_images + s.images_per_class * 10))
+                 full.eval.fid_ref_images + full.sample.images_per_class * 10))
 
     if distributed.is_main():
         print(f"cifar10 profile, {world} process(es), {hardware(device)}, {args.steps} steps per trainer")
-        print("| stage | img/s (all ranks) | images in a full run | GPU-hours at this rate |")
+        print("| stage | img/s (all ranks) | images in a full run | device-hours at this rate |")
         print("| --- | --- | --- | --- |")
-        for name, rate, total in rows:
-            print(f"| {name} | {rate:,.0f} | {total:,} | {total / rate / 3600 * world:,.2f} |")
+        for name, per_second, total in rows:
+            print(f"| {name} | {rate(per_second)} | {total:,} | {total / per_second / 3600 * world:,.2f} |")
     distributed.finish()
 
 

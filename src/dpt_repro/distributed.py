@@ -70,6 +70,18 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
+def rank_stream(*stream: int) -> tuple[int, ...]:
+    """The random stream of this rank's batches: one process keeps its historical stream; each rank of a
+    data-parallel run draws its own (`runtime.generator(seed, *rank_stream(...))`)."""
+    return stream if world_size() == 1 else (*stream, 2, rank())
+
+
+def run_identity() -> dict:
+    """What a checkpoint's fingerprint must include: ranks draw other batches, so a checkpoint resumes only
+    under the same process count (empty for one process, keeping single-process fingerprints as they were)."""
+    return {"processes": world_size()} if world_size() > 1 else {}
+
+
 def shard(n: int) -> slice:
     """This rank's contiguous part of n items; the parts of all ranks cover 0..n-1 once each."""
     w, r = world_size(), rank()

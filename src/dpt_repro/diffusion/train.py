@@ -62,10 +62,8 @@ def to_model_space(images: np.ndarray) -> torch.Tensor:
 
 
 def fingerprint(cfg: DiffusionConfig, seed: int, labels: np.ndarray, n_images: int, image_size: int) -> str:
-    world = distributed.world_size()  # ranks draw other batches: a checkpoint resumes under the same count
-    extra = {"processes": world} if world > 1 else {}
-    h = hashlib.sha256(json.dumps({"cfg": asdict(cfg), "seed": seed, "n": n_images, "size": image_size, **extra},
-                                  sort_keys=True).encode())
+    identity = {"cfg": asdict(cfg), "seed": seed, "n": n_images, "size": image_size, **distributed.run_identity()}
+    h = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     h.update(np.ascontiguousarray(labels).tobytes())
     return h.hexdigest()[:16]
 
@@ -145,8 +143,7 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray
                 if cuda:
                     torch.cuda.synchronize(device)
                 seen, t0 = 0, time.perf_counter()
-            # One process keeps its historical stream; each rank of a data-parallel run draws its own.
-            g = generator(seed, 2, step) if world == 1 else generator(seed, 2, step, 2, distributed.rank())
+            g = generator(seed, *distributed.rank_stream(2, step))
             torch.manual_seed(generator(seed, 2, step, 1).initial_seed())  # dropout, if the profile has any
             total = torch.zeros((), device=device)
             for i in range(cfg.grad_accum):

@@ -110,10 +110,8 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_siz
 
 def fingerprint(cfg: ClassifierConfig, seed: int, stream: int, data: ClassifierData) -> str:
     """Identifies a training run: a checkpoint is resumed only by the run that wrote it."""
-    world = distributed.world_size()  # ranks draw other batches: a checkpoint resumes under the same count
-    extra = {"processes": world} if world > 1 else {}
-    h = hashlib.sha256(json.dumps({"cfg": asdict(cfg), "seed": seed, "stream": stream, **extra},
-                                  sort_keys=True).encode())
+    identity = {"cfg": asdict(cfg), "seed": seed, "stream": stream, **distributed.run_identity()}
+    h = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     for a in (data.labelled_x, data.labelled_y, data.val_y):
         h.update(np.ascontiguousarray(a).tobytes())
     h.update(str(data.unlabelled_x.shape).encode())
@@ -185,8 +183,7 @@ def train_classifier(cfg: ClassifierConfig, data: ClassifierData, *, num_classes
         bar.update(start)
         for step in range(start, cfg.steps):
             model.train()
-            # One process keeps its historical stream; each rank of a data-parallel run draws its own.
-            g = generator(seed, stream, step) if world == 1 else generator(seed, stream, step, 2, distributed.rank())
+            g = generator(seed, *distributed.rank_stream(stream, step))
             torch.manual_seed(generator(seed, stream, step, 1).initial_seed())  # dropout/drop-path in timm models
             lr = cfg.lr * math.cos(7 * math.pi * step / (16 * cfg.steps))
             for group in opt.param_groups:
