@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from dpt_repro import distributed
 from dpt_repro.errors import UserError
 
 # name -> (diffusers scheduler class, extra config): every one is built from the training noise schedule.
@@ -84,6 +85,22 @@ def guided_sample(unet, scheduler_config: dict, labels: torch.Tensor, seeds: lis
         return decode(x)
     images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def sample_all_ranks(unet, scheduler_config: dict, labels: np.ndarray, seeds: np.ndarray, *, batch_size: int,
+                     image_shape: tuple[int, int, int], on_batch: Callable[[int], None] | None = None,
+                     **kwargs) -> np.ndarray:
+    """`guided_sample` over many images in batches: each rank of a data-parallel stage samples its share and
+    every rank gets all images, in order (each image's seed makes it independent of who samples it)."""
+    mine = distributed.shard(len(labels))
+    parts = [np.zeros((0, *image_shape), np.uint8)]
+    for b in range(mine.start, mine.stop, batch_size):
+        e = min(b + batch_size, mine.stop)
+        parts.append(guided_sample(unet, scheduler_config, torch.from_numpy(labels[b:e]), seeds[b:e].tolist(),
+                                   **kwargs))
+        if on_batch:
+            on_batch(e - b)
+    return distributed.gather(np.concatenate(parts))
 
 
 def class_plan(num_classes: int, per_class: int, base_seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

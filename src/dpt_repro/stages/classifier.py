@@ -57,19 +57,18 @@ def probe_data(cfg: Config, generated_x: np.ndarray | None = None,
     return ClassifierData(lx, ly, x[:0], x[len(lab):], y[len(lab):], n_generated)
 
 
-def fit_probe_and_save(cfg: Config, encoder, classifier: dict, data: ClassifierData, out_dir: Path,
+def fit_probe_and_save(cfg: Config, section: str, encoder, classifier: dict, data: ClassifierData, out_dir: Path,
                        record: dict) -> dict:
     """A frozen encoder and a logistic-regression head fitted on `data`'s labelled images (the L2 weight chosen
     on validation), saved as an ordinary classifier; DPT's ImageNet protocol for stages 1 and 3."""
     from dpt_repro.ssl.probe import fit_probe
 
     device = setup(cfg.base)
-    state, fit = fit_probe(encoder.to(device), data, cfg.base.num_classes, getattr(cfg, record["section"]).eval_batch_size,
+    state, fit = fit_probe(encoder.to(device), data, cfg.base.num_classes, getattr(cfg, section).eval_batch_size,
                            device)
     save_classifier(out_dir, state, classifier, cfg, data, {
-        **record, "protocol": "probe", "best_val_acc": fit["val_acc"], "l2": fit["l2"],
+        "section": section, **record, "protocol": "probe", "best_val_acc": fit["val_acc"], "l2": fit["l2"],
         "selection": "L2 weight by validation accuracy"}, {"l2_curve": fit["l2_curve"]})
-    section = record["section"]
     for name, fields in (("train_curve", ["step", "loss"]), ("val_curve", ["step", "val_acc"])):
         write_csv(paths(cfg).plots / section / f"{name}.csv", [], fields=fields)  # no training steps: empty curves
     return {"val_acc": fit["val_acc"], "probe_l2": fit["l2"]}

@@ -19,7 +19,7 @@ import torch
 
 from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.diffusion.sample import class_plan, describe, guided_sample
+from dpt_repro.diffusion.sample import class_plan, describe, sample_all_ranks
 from dpt_repro.errors import UserError
 from dpt_repro.io import atomic_dir, atomic_path, read_json, read_npz, write_json, write_npz
 from dpt_repro.runtime import Progress, setup
@@ -99,18 +99,12 @@ def run(cfg: Config, params_file: Path) -> dict:
                 bar.update(end - start)
                 continue
             # Each rank of a data-parallel run samples its part of the shard; rank 0 writes the whole shard.
-            mine = distributed.shard(end - start)
-            lo, hi = start + mine.start, start + mine.stop
-            parts = [np.zeros((0, cfg.base.image_size, cfg.base.image_size, cfg.base.channels), np.uint8)]
-            for b in range(lo, hi, s.batch_size):
-                e = min(b + s.batch_size, hi)
-                parts.append(guided_sample(unet, scheduler_config, torch.from_numpy(labels[b:e]),
-                                           seeds[b:e].tolist(), guidance_scale=s.guidance_scale, steps=s.steps,
-                                           null_class=training["null_class"], device=device, scheduler=s.scheduler,
-                                           mixed_precision=training["stage2"].get("mixed_precision", "no"),
-                                           decode=decode))
-                bar.update((e - b) * distributed.world_size())
-            shard_images = distributed.gather(np.concatenate(parts))
+            shard_images = sample_all_ranks(
+                unet, scheduler_config, labels[start:end], seeds[start:end], batch_size=s.batch_size,
+                image_shape=(cfg.base.image_size, cfg.base.image_size, cfg.base.channels),
+                on_batch=lambda n: bar.update(n * distributed.world_size()), guidance_scale=s.guidance_scale,
+                steps=s.steps, null_class=training["null_class"], device=device, scheduler=s.scheduler,
+                mixed_precision=training["stage2"].get("mixed_precision", "no"), decode=decode)
             if distributed.is_main():
                 write_npz(work / name, images=shard_images, labels=labels[start:end],
                           index=index[start:end], seeds=seeds[start:end])

@@ -20,9 +20,8 @@ def probe(cfg: Config) -> dict:
     data = probe_data(cfg)
     c = cfg.stage1
     encoder = build_classifier(c, cfg.base.channels, cfg.base.num_classes, cfg.base.image_size)
-    return fit_probe_and_save(cfg, encoder, asdict(c), data, paths(cfg).stage1, {
-        "section": "stage1", "weights": f"{c.backbone} pretrained ({c.weights or 'hub'}), frozen, + "
-                                        "logistic-regression head"})
+    return fit_probe_and_save(cfg, "stage1", encoder, asdict(c), data, paths(cfg).stage1, {
+        "weights": f"{c.backbone} pretrained ({c.weights or 'hub'}), frozen, + logistic-regression head"})
 
 
 def run(cfg: Config, params_file: Path) -> dict:

@@ -55,9 +55,8 @@ def training_data(cfg: Config, device, vae) -> tuple[np.ndarray, np.ndarray]:
 def training_fid(cfg: Config, device, decode):
     """`on_eval` for the trainer: FID of guided EMA samples, sampled as the sample stage does, against
     `stage2.fid_images` train images. Small N biases it upward: it shows the trend, evaluate gives the result."""
-    import torch
 
-    from dpt_repro.diffusion.sample import class_plan, guided_sample
+    from dpt_repro.diffusion.sample import class_plan, sample_all_ranks
     from dpt_repro.metrics import fid
     from dpt_repro.stages.fid_reference import reference_indices
 
@@ -73,15 +72,10 @@ def training_fid(cfg: Config, device, decode):
     scheduler_config = dict(make_scheduler(cfg.stage2).config)
 
     def on_eval(step: int, ema_unet) -> float:
-        mine = distributed.shard(n)  # every rank samples its share (same EMA weights, seeds by image)
-        part_labels, part_seeds = labels[mine], seeds[mine]
-        batches = [np.zeros((0, *reference.shape[1:]), np.uint8)]
-        for i in range(0, len(part_labels), s.batch_size):
-            batches.append(guided_sample(ema_unet, scheduler_config, torch.from_numpy(part_labels[i:i + s.batch_size]),
-                                         part_seeds[i:i + s.batch_size].tolist(), guidance_scale=s.guidance_scale,
-                                         steps=s.steps, null_class=k, device=device, scheduler=s.scheduler,
-                                         mixed_precision=cfg.stage2.mixed_precision, decode=decode))
-        generated = distributed.gather(np.concatenate(batches))
+        generated = sample_all_ranks(ema_unet, scheduler_config, labels, seeds, batch_size=s.batch_size,
+                                     image_shape=reference.shape[1:], guidance_scale=s.guidance_scale, steps=s.steps,
+                                     null_class=k, device=device, scheduler=s.scheduler,
+                                     mixed_precision=cfg.stage2.mixed_precision, decode=decode)
         gen = fid.statistics(fid.extract_features(generated, extractor, **kw, description=f"FID @ {step}"))
         return fid.frechet_distance(*gen, *ref)
 

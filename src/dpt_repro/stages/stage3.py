@@ -25,8 +25,8 @@ def probe(cfg: Config, gen_x, gen_y) -> tuple[dict, ClassifierData]:
     p = paths(cfg)
     data = probe_data(cfg, gen_x, gen_y)
     encoder, conf = load_classifier(p.stage1, "stage-1 classifier")
-    metrics = fit_probe_and_save(cfg, encoder, conf["classifier"], data, p.stage3, {
-        "section": "stage3", "stage3": asdict(cfg.stage3),
+    metrics = fit_probe_and_save(cfg, "stage3", encoder, conf["classifier"], data, p.stage3, {
+        "stage3": asdict(cfg.stage3),
         "weights": "stage-1 encoder (frozen) + logistic-regression head"})
     return metrics, data
 
