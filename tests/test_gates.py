@@ -32,27 +32,28 @@ def images(n, seed=0):
 def prepared_inputs(n=200):
     x, y = images(n), np.arange(n) % K
     entry = {"count": n, "sha256": array_digest(x, y), "class_counts": np.bincount(y, minlength=K).tolist()}
-    return {"train": (x, y)}, {"splits": {"train": entry}}
+    return {"train": [(x, y)]}, {"splits": {"train": entry}}
 
 
 def test_prepared_gate_passes_good_shards_and_catches_tampering():
     splits, manifest = prepared_inputs()
     assert run("prepared", suites.prepared(splits, manifest, K, SHAPE))["success"]
-    x, y = splits["train"]
+    x, y = splits["train"][0]
     x2 = x.copy()
     x2[3, 0, 0, 0] ^= 1
-    report = run("prepared", suites.prepared({"train": (x2, y)}, manifest, K, SHAPE))
+    report = run("prepared", suites.prepared({"train": [(x2[:150], y[:150]), (x2[150:], y[150:])]}, manifest, K,
+                                             SHAPE))  # in two shards, as the gate reads them
     assert failed(report) == {"train_checksum_matches_manifest"}
 
 
 def test_prepared_gate_catches_float_nan_and_out_of_range_images_and_a_missing_class():
     splits, manifest = prepared_inputs()
-    x, y = splits["train"]
+    x, y = splits["train"][0]
     bad = x.astype(np.float32)
     bad[0, 0, 0, 0] = np.nan
     bad[1, 0, 0, 0] = 300.0
     y2 = np.where(y == 4, 5, y)
-    report = run("prepared", suites.prepared({"train": (bad, y2)}, manifest, K, SHAPE))
+    report = run("prepared", suites.prepared({"train": [(bad, y2)]}, manifest, K, SHAPE))
     assert {"train_dtype_is_uint8", "expect_column_values_to_be_between",
             "expect_column_distinct_values_to_equal_set", "train_class_counts_match_manifest"} <= failed(report)
     between = [c for c in report["checks"] if c["expectation"] == "expect_column_values_to_be_between"
@@ -71,22 +72,22 @@ def split_inputs():
 
 def test_split_gate_passes_a_good_split():
     lab, val, y, x, test = split_inputs()
-    assert run("split", suites.split(lab, val, y, x, test, K, 2, 3))["success"]
+    assert run("split", suites.split(lab, val, y, x.__getitem__, [test], K, 2, 3))["success"]
 
 
 def test_split_gate_catches_overlap_wrong_counts_bad_indices_and_test_leakage():
     lab, val, y, x, test = split_inputs()
     overlapping = val.copy()
     overlapping[0] = lab[0]
-    report = run("split", suites.split(lab, overlapping, y, x, test, K, 2, 3))
+    report = run("split", suites.split(lab, overlapping, y, x.__getitem__, [test], K, 2, 3))
     assert "expect_column_values_to_be_unique" in failed(report)
-    report = run("split", suites.split(lab[:-1], val, y, x, test, K, 2, 3))
+    report = run("split", suites.split(lab[:-1], val, y, x.__getitem__, [test], K, 2, 3))
     bad_count = next(c for c in report["checks"] if c["table"] == "per_class" and not c["success"])
     assert bad_count["expected"] == {"column": "labelled", "min_value": 2, "max_value": 2}
-    report = run("split", suites.split(np.append(lab[:-1], 999), val, y, x, test, K, 2, 3))
+    report = run("split", suites.split(np.append(lab[:-1], 999), val, y, x.__getitem__, [test], K, 2, 3))
     assert not report["success"]
     leaky_test = np.concatenate([test, x[lab[:1]]])
-    report = run("split", suites.split(lab, val, y, x, leaky_test, K, 2, 3))
+    report = run("split", suites.split(lab, val, y, x.__getitem__, [leaky_test], K, 2, 3))
     assert failed(report) == {"no_labelled_or_validation_image_in_test"}
 
 

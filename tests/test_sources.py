@@ -97,3 +97,39 @@ def test_a_cifar10_batch_that_names_other_code_is_refused_unloaded(cifar10_files
     base = BaseConfig(dataset="cifar10", data_path=str(cifar10_files), image_size=32, channels=3)
     with pytest.raises(UserError, match=r"data_batch_3 references posix.system.*not loaded"):
         load_raw(base, PrepareConfig())
+
+
+def test_prepare_writes_an_image_tree_one_shard_at_a_time_with_the_whole_split_digest(tmp_path, monkeypatch):
+    """An ImageNet-sized tree does not fit in memory: prepare reads and writes one shard at a time, and the
+    manifest's digest is the one the whole arrays would give."""
+    import json
+
+    import yaml
+    from PIL import Image
+
+    from dpt_repro.config import load_config
+    from dpt_repro.data import shards
+    from dpt_repro.io import array_digest
+    from dpt_repro.stages import prepare
+
+    for c in ("a", "b"):
+        (tmp_path / "tree" / c).mkdir(parents=True)
+        for i in range(7):
+            Image.fromarray(np.full((20, 24, 3), 30 * i + (c == "b"), np.uint8)).save(tmp_path / "tree" / c / f"{i}.png")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"base": {"dataset": "imagefolder", "data_path": str(tmp_path / "tree"),
+                                               "num_classes": 2, "image_size": 16, "channels": 3},
+                                      "prepare": {"shard_size": 3, "test_fraction": 0.3}}))
+    cfg = load_config(params)
+    seen = []
+    add = shards.SplitWriter.add
+    monkeypatch.setattr(shards.SplitWriter, "add", lambda self, x, y: (seen.append(len(x)), add(self, x, y))[1])
+    monkeypatch.chdir(tmp_path)
+    manifest = prepare.run(cfg, params)
+    assert max(seen) == 3 and sum(seen) == 14
+    raw = load_raw(cfg.base, cfg.prepare)
+    assert manifest["splits"]["train"]["sha256"] == array_digest(raw.train_images, raw.train_labels)
+    assert manifest["splits"]["train"]["shards"] == ["train-000.npz", "train-001.npz", "train-002.npz",
+                                                     "train-003.npz"]
+    written = json.loads((tmp_path / "data/prepared/imagefolder/manifest.json").read_text())
+    assert written == manifest

@@ -91,13 +91,15 @@ def write_npz(path: Path | str, **arrays: np.ndarray) -> None:
                 np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)
 
 
-def read_npz(path: Path | str, what: str) -> dict[str, np.ndarray]:
+def read_npz(path: Path | str, what: str, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file, or only `keys` (the others are never decompressed: labels of a shard of
+    large images cost nothing)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"missing input: {what} ({path}); run the stage that produces it first")
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+            return {k: data[k] for k in (keys or data.files)}
     except Exception as exc:  # zipfile, zlib and value errors all mean the same thing here
         raise UserError(f"corrupt input: {what} ({path}) cannot be read ({type(exc).__name__})") from None
 
@@ -110,6 +112,27 @@ def array_digest(*arrays: np.ndarray) -> str:
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+class SplitDigest:
+    """`array_digest(images, labels)` of a split that arrives shard by shard (`total` images in all): a split
+    larger than memory hashes to the value its whole arrays would give."""
+
+    def __init__(self, total: int):
+        self.total, self._images, self._labels = total, None, []
+
+    def update(self, images: np.ndarray, labels: np.ndarray) -> None:
+        if self._images is None:
+            self._images = hashlib.sha256(f"{images.dtype.str}{(self.total, *images.shape[1:])}".encode())
+        self._images.update(np.ascontiguousarray(images).tobytes())
+        self._labels.append(np.asarray(labels))
+
+    def hexdigest(self) -> str:
+        h = self._images.copy() if self._images is not None else hashlib.sha256()
+        labels = np.concatenate(self._labels) if self._labels else np.zeros(0, np.int64)
+        h.update(f"{labels.dtype.str}{labels.shape}".encode())
+        h.update(labels.tobytes())
+        return h.hexdigest()
 
 
 def file_sha256(path: Path | str) -> str:

@@ -8,19 +8,43 @@ from typing import Iterator
 import numpy as np
 
 from dpt_repro.errors import UserError
-from dpt_repro.io import array_digest, read_json, read_npz, write_npz
+from dpt_repro.io import SplitDigest, array_digest, read_json, read_npz, write_npz
+
+
+class SplitWriter:
+    """Writes one split as `<split>-NNN.npz` shard by shard as its images arrive (a split need not fit in memory)
+    and returns its manifest entry: count, shards, class counts and the digest of the whole split."""
+
+    def __init__(self, folder: Path, split: str, total: int, image_shape: tuple[int, ...]):
+        self.folder, self.split, self.total, self.image_shape = Path(folder), split, total, tuple(image_shape)
+        self.names: list[str] = []
+        self.labels: list[np.ndarray] = []
+        self.digest = SplitDigest(total)
+
+    def add(self, images: np.ndarray, labels: np.ndarray) -> None:
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise UserError(f"{self.split} images are {tuple(images.shape[1:])}, params expect {self.image_shape} "
+                            "(base.image_size, base.channels)")
+        name = f"{self.split}-{len(self.names):03d}.npz"
+        write_npz(self.folder / name, images=images, labels=labels)
+        self.names.append(name)
+        self.labels.append(np.asarray(labels))
+        self.digest.update(images, labels)
+
+    def entry(self) -> dict:
+        labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
+        if len(labels) != self.total:
+            raise UserError(f"{self.split}: wrote {len(labels)} images, expected {self.total}")
+        return {"count": int(len(labels)), "shards": self.names, "class_counts": np.bincount(labels).tolist(),
+                "sha256": self.digest.hexdigest()}
 
 
 def write_split(folder: Path, split: str, images: np.ndarray, labels: np.ndarray, shard_size: int) -> dict:
-    """Write one split as `<split>-NNN.npz`; returns its manifest entry (count, shards, content digest)."""
-    names = []
-    for i, start in enumerate(range(0, len(images), shard_size)):
-        name = f"{split}-{i:03d}.npz"
-        write_npz(folder / name, images=images[start:start + shard_size], labels=labels[start:start + shard_size])
-        names.append(name)
-    counts = np.bincount(labels).tolist()
-    return {"count": int(len(images)), "shards": names, "class_counts": counts,
-            "sha256": array_digest(images, labels)}
+    """Write one in-memory split as `<split>-NNN.npz`; returns its manifest entry."""
+    writer = SplitWriter(folder, split, len(images), images.shape[1:])
+    for start in range(0, len(images), shard_size):
+        writer.add(images[start:start + shard_size], labels[start:start + shard_size])
+    return writer.entry()
 
 
 def load_manifest(folder: Path) -> dict:
@@ -44,6 +68,13 @@ def iter_split(folder: Path, split: str) -> Iterator[tuple[np.ndarray, np.ndarra
     for name in _split_entry(folder, split)["shards"]:
         part = read_npz(folder / name, f"{split} shard")
         yield part["images"], part["labels"]
+
+
+def split_labels(folder: Path, split: str) -> np.ndarray:
+    """The labels of a split without reading its images."""
+    folder = Path(folder)
+    return np.concatenate([read_npz(folder / name, f"{split} shard", ("labels",))["labels"]
+                           for name in _split_entry(folder, split)["shards"]])
 
 
 def select(folder: Path, split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,6 +122,15 @@ def iter_generated(folder: Path, per_class: int = 0) -> Iterator[tuple[np.ndarra
         part = read_npz(Path(folder) / name, "generated shard")
         keep = part["index"] < per_class if per_class > 0 else slice(None)
         yield part["images"][keep], part["labels"][keep]
+
+
+def generated_count(folder: Path, per_class: int = 0) -> int:
+    """How many generated images `load_generated(folder, per_class)` would return, without reading them."""
+    total = 0
+    for name in load_generated_manifest(folder)["shards"]:
+        index = read_npz(Path(folder) / name, "generated shard", ("index",))["index"]
+        total += int((index < per_class).sum()) if per_class > 0 else len(index)
+    return total
 
 
 def load_generated(folder: Path, per_class: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,21 @@ FASHION_MNIST_MD5 = {
 }
 
 
+class SplitSource(NamedTuple):
+    """One split of a raw source: its labels, and a reader of images[lo:hi]."""
+
+    labels: np.ndarray
+    read: Callable[[int, int], np.ndarray]
+
+
+class RawStream(NamedTuple):
+    """A raw source split by split, read in pieces: what `prepare` turns into shards."""
+
+    splits: dict[str, SplitSource]
+    class_names: list[str]
+    source: str
+
+
 class RawData(NamedTuple):
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -87,9 +102,9 @@ def _download_fashion_mnist() -> Path:
     return target / "FashionMNIST" / "raw"
 
 
-def _split_train_test(images: np.ndarray, labels: np.ndarray, prep: PrepareConfig):
-    """A stratified train/test split for sources that ship none; its seed is fixed so the test set never
-    moves with base.seed."""
+def _test_mask(labels: np.ndarray, prep: PrepareConfig) -> np.ndarray:
+    """A stratified test split for sources that ship none; its seed is fixed so the test set never moves with
+    base.seed."""
     rng = np.random.default_rng(0)
     test_idx = []
     for c in np.unique(labels):
@@ -98,6 +113,11 @@ def _split_train_test(images: np.ndarray, labels: np.ndarray, prep: PrepareConfi
         test_idx.extend(rng.choice(idx, n_test, replace=False).tolist())
     mask = np.zeros(len(labels), bool)
     mask[test_idx] = True
+    return mask
+
+
+def _split_train_test(images: np.ndarray, labels: np.ndarray, prep: PrepareConfig):
+    mask = _test_mask(labels, prep)
     return images[~mask], labels[~mask], images[mask], labels[mask]
 
 
@@ -121,27 +141,39 @@ def _center_crop_resize(im, size: int):
     return im.crop((left, top, left + size, top + size))
 
 
-def _read_class_folders(root: Path, classes: list[str], base: BaseConfig) -> tuple[np.ndarray, np.ndarray]:
+def _class_files(root: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+    files, labels = [], []
+    for c, name in enumerate(classes):
+        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in suffixes)
+        if not found:
+            raise UserError(f"{root / name}: class {name!r} has no images")
+        files += found
+        labels += [c] * len(found)
+    return np.asarray(files, dtype=object), np.asarray(labels, np.int64)
+
+
+def _image_reader(files: np.ndarray, base: BaseConfig) -> Callable[[int, int], np.ndarray]:
+    """Reads files[lo:hi] when asked, so `prepare` holds one shard of a large tree in memory at a time."""
     from PIL import Image
 
     mode = "L" if base.channels == 1 else "RGB"
-    images, labels = [], []
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-    for c, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in suffixes)
-        if not files:
-            raise UserError(f"{root / name}: class {name!r} has no images")
-        for f in files:
+
+    def read(lo: int, hi: int) -> np.ndarray:
+        images = []
+        for f in files[lo:hi]:
             with Image.open(f) as im:
                 im = _center_crop_resize(im.convert(mode), base.image_size)
                 images.append(np.asarray(im, np.uint8).reshape(base.image_size, base.image_size, base.channels))
-            labels.append(c)
-    return np.stack(images), np.asarray(labels, np.int64)
+        return np.stack(images) if images else np.zeros((0, base.image_size, base.image_size, base.channels), np.uint8)
+
+    return read
 
 
-def image_folder(base: BaseConfig, prep: PrepareConfig) -> RawData:
+def image_folder(base: BaseConfig, prep: PrepareConfig) -> "RawStream":
     """torchvision's ImageFolder layout: one subfolder per class, centre-cropped to base.image_size. A root with
-    `train/` and `val/` class trees (ImageNet's layout) keeps that split; otherwise a stratified test split."""
+    `train/` and `val/` class trees (ImageNet's layout) keeps that split; otherwise a stratified test split.
+    The images are read shard by shard when `prepare` writes them (ImageNet does not fit in memory)."""
     root = Path(base.data_path)
     if not base.data_path or not root.is_dir():
         raise UserError(f"base.data_path must be a folder with one subfolder per class, got {base.data_path!r}")
@@ -150,14 +182,18 @@ def image_folder(base: BaseConfig, prep: PrepareConfig) -> RawData:
     classes = sorted(d.name for d in train_root.iterdir() if d.is_dir())
     if len(classes) != base.num_classes:
         raise UserError(f"{train_root} has {len(classes)} class folders, base.num_classes is {base.num_classes}")
-    x, y = _read_class_folders(train_root, classes, base)
-    if not has_val:
-        return RawData(*_split_train_test(x, y, prep), classes, str(root))
-    val_classes = sorted(d.name for d in (root / "val").iterdir() if d.is_dir())
-    if val_classes != classes:
-        raise UserError(f"{root / 'val'} class folders differ from {train_root}'s (e.g. "
-                        f"{sorted(set(val_classes) ^ set(classes))[0]!r})")
-    return RawData(x, y, *_read_class_folders(root / "val", classes, base), classes, str(root))
+    files, labels = _class_files(train_root, classes)
+    if has_val:
+        val_classes = sorted(d.name for d in (root / "val").iterdir() if d.is_dir())
+        if val_classes != classes:
+            raise UserError(f"{root / 'val'} class folders differ from {train_root}'s (e.g. "
+                            f"{sorted(set(val_classes) ^ set(classes))[0]!r})")
+        test_files, test_labels = _class_files(root / "val", classes)
+    else:
+        mask = _test_mask(labels, prep)
+        files, labels, test_files, test_labels = files[~mask], labels[~mask], files[mask], labels[mask]
+    return RawStream({"train": SplitSource(labels, _image_reader(files, base)),
+                      "test": SplitSource(test_labels, _image_reader(test_files, base))}, classes, str(root))
 
 
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -233,20 +269,37 @@ def npz_file(base: BaseConfig, prep: PrepareConfig) -> RawData:
     return RawData(*_split_train_test(x, y, prep), names, base.data_path)
 
 
+# Sources read whole (small: Fashion-MNIST, CIFAR-10, an .npz) and sources streamed file by file.
 SOURCES: dict[str, Callable[[BaseConfig, PrepareConfig], RawData]] = {
     "fashion-mnist": fashion_mnist,
     "cifar10": cifar10,
-    "imagefolder": image_folder,
     "npz": npz_file,
 }
+STREAMED: dict[str, Callable[[BaseConfig, PrepareConfig], RawStream]] = {"imagefolder": image_folder}
+
+
+def stream_raw(base: BaseConfig, prep: PrepareConfig) -> RawStream:
+    """The source as labels and image readers per split; every class checked before any image is read."""
+    if base.dataset in STREAMED:
+        stream = STREAMED[base.dataset](base, prep)
+    else:
+        raw = SOURCES[base.dataset](base, prep)
+        stream = RawStream({"train": SplitSource(raw.train_labels, lambda lo, hi: raw.train_images[lo:hi]),
+                            "test": SplitSource(raw.test_labels, lambda lo, hi: raw.test_images[lo:hi])},
+                           raw.class_names, raw.source)
+    for name, split in stream.splits.items():
+        _check_classes(split.labels, base, f"{base.dataset} {name} split")
+    return stream
 
 
 def load_raw(base: BaseConfig, prep: PrepareConfig) -> RawData:
-    raw = SOURCES[base.dataset](base, prep)
+    """The whole source in memory (small sources, tests)."""
+    stream = stream_raw(base, prep)
+    train, test = stream.splits["train"], stream.splits["test"]
+    raw = RawData(train.read(0, len(train.labels)), train.labels, test.read(0, len(test.labels)), test.labels,
+                  stream.class_names, stream.source)
     expected = (base.image_size, base.image_size, base.channels)
     if raw.train_images.shape[1:] != expected:
         raise UserError(f"{base.dataset} images are {raw.train_images.shape[1:]}, params expect {expected} "
                         "(base.image_size, base.channels)")
-    _check_classes(raw.train_labels, base, f"{base.dataset} train split")
-    _check_classes(raw.test_labels, base, f"{base.dataset} test split")
     return raw

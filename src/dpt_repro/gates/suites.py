@@ -12,6 +12,8 @@ so tests can feed crafted bad data without files; `stages/validate.py` loads the
 
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 import numpy as np
 import pandas as pd
 
@@ -25,9 +27,12 @@ def _gxe():
     return gxe
 
 
-def _image_checks(name: str, images: np.ndarray, shape: tuple[int, int, int]) -> list[Check]:
-    return [Check(f"{name}_dtype_is_uint8", images.dtype == np.uint8, str(images.dtype), {"dtype": "uint8"}),
-            Check(f"{name}_image_shape", tuple(images.shape[1:]) == shape, list(images.shape[1:]),
+def _image_checks(name: str, chunks: list[np.ndarray], shape: tuple[int, int, int]) -> list[Check]:
+    """dtype and image shape of every chunk (shard) of a set; observed values as the chunks show them."""
+    dtypes = sorted({str(x.dtype) for x in chunks})
+    shapes = sorted({tuple(x.shape[1:]) for x in chunks})
+    return [Check(f"{name}_dtype_is_uint8", dtypes == ["uint8"], ", ".join(dtypes), {"dtype": "uint8"}),
+            Check(f"{name}_image_shape", shapes == [tuple(shape)], list(shapes[0]) if len(shapes) == 1 else shapes,
                   {"shape": list(shape)})]
 
 
@@ -40,31 +45,41 @@ def _image_expectations(gxe, count: int, classes: list[int]) -> list:
             gxe.ExpectColumnValuesToBeBetween(column="nan_count", min_value=0, max_value=0)]
 
 
-def prepared(splits: dict[str, tuple[np.ndarray, np.ndarray]], manifest: dict, num_classes: int,
+def prepared(splits: dict[str, Iterable[tuple[np.ndarray, np.ndarray]]], manifest: dict, num_classes: int,
              shape: tuple[int, int, int]) -> tuple[list[Table], list[Check]]:
-    """Each split's images and labels against params and the manifest that `prepare` wrote."""
-    from dpt_repro.io import array_digest
+    """Each split's images and labels, read shard by shard (a split need not fit in memory), against params and
+    the manifest that `prepare` wrote."""
+    from dpt_repro.io import SplitDigest
 
     gxe = _gxe()
     classes = list(range(num_classes))
     tables, checks = [], []
-    for split, (images, labels) in splits.items():
+    for split, chunks in splits.items():
         entry = manifest["splits"][split]
-        frame = pixel_stats(images).assign(label=labels)
-        tables.append(Table(split, frame.drop(columns="digest"), _image_expectations(gxe, entry["count"], classes)))
-        checks += _image_checks(split, images, shape)
-        checks.append(Check(f"{split}_checksum_matches_manifest", array_digest(images, labels) == entry["sha256"],
-                            array_digest(images, labels)[:16], {"sha256": entry["sha256"][:16]}))
+        frames, label_parts, headers, digest = [], [], [], SplitDigest(entry["count"])
+        for images, labels in chunks:
+            frames.append(pixel_stats(images).assign(label=labels).drop(columns="digest"))
+            label_parts.append(np.asarray(labels))
+            headers.append(images[:0])  # dtype and shape only
+            digest.update(images, labels)
+        labels = np.concatenate(label_parts)
+        tables.append(Table(split, pd.concat(frames, ignore_index=True),
+                            _image_expectations(gxe, entry["count"], classes)))
+        checks += _image_checks(split, headers, shape)
+        observed = digest.hexdigest()
+        checks.append(Check(f"{split}_checksum_matches_manifest", observed == entry["sha256"], observed[:16],
+                            {"sha256": entry["sha256"][:16]}))
         counts = np.bincount(labels, minlength=num_classes).tolist()
         checks.append(Check(f"{split}_class_counts_match_manifest", counts == entry["class_counts"], counts,
                             {"class_counts": entry["class_counts"]}))
     return tables, checks
 
 
-def split(labelled: np.ndarray, validation: np.ndarray, train_labels: np.ndarray, train_images: np.ndarray,
-          test_images: np.ndarray, num_classes: int, labels_per_class: int,
-          val_per_class: int) -> tuple[list[Table], list[Check]]:
-    """The labelled subset: exact counts per class, valid unique indices, no overlap, no test image inside."""
+def split(labelled: np.ndarray, validation: np.ndarray, train_labels: np.ndarray,
+          train_images_at: Callable[[np.ndarray], np.ndarray], test_chunks: Iterable[np.ndarray], num_classes: int,
+          labels_per_class: int, val_per_class: int) -> tuple[list[Table], list[Check]]:
+    """The labelled subset: exact counts per class, valid unique indices, no overlap, no test image inside.
+    `train_images_at(indices)` reads the labelled and validation images; the test images come shard by shard."""
     gxe = _gxe()
     n = len(train_labels)
     index = np.concatenate([labelled, validation])
@@ -83,8 +98,8 @@ def split(labelled: np.ndarray, validation: np.ndarray, train_labels: np.ndarray
         gxe.ExpectColumnValuesToBeBetween(column="labelled", min_value=labels_per_class, max_value=labels_per_class),
         gxe.ExpectColumnValuesToBeBetween(column="validation", min_value=val_per_class, max_value=val_per_class),
     ])
-    test_digests = set(pixel_stats(test_images)["digest"])
-    used = pixel_stats(train_images[index[valid]])["digest"]
+    test_digests = {d for chunk in test_chunks for d in pixel_stats(chunk)["digest"]}
+    used = pixel_stats(train_images_at(index[valid]))["digest"]
     leaked = int(used.isin(test_digests).sum())
     return [indices, per_class], [Check("no_labelled_or_validation_image_in_test", leaked == 0, leaked,
                                         {"max_value": 0})]
@@ -133,7 +148,7 @@ def generated(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, num
     counts = pd.DataFrame({"class": classes, "count": np.bincount(labels.clip(0), minlength=num_classes)[:num_classes]})
     per_class_table = Table("per_class", counts, [
         gxe.ExpectColumnValuesToBeBetween(column="count", min_value=per_class, max_value=per_class)])
-    return [Table("images", frame, expectations), per_class_table], _image_checks("generated", images, shape)
+    return [Table("images", frame, expectations), per_class_table], _image_checks("generated", [images], shape)
 
 
 def mix(n_real: int, n_generated: int, labels_per_class: int, images_per_class: int, num_classes: int,

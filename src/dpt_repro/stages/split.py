@@ -12,7 +12,7 @@ import numpy as np
 
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.data.shards import load_manifest, load_split
+from dpt_repro.data.shards import load_manifest, split_labels
 from dpt_repro.errors import UserError
 from dpt_repro.io import read_json, write_json
 
@@ -39,7 +39,7 @@ def read_split(cfg: Config) -> dict:
 
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
-    _, labels = load_split(p.prepared, "train")
+    labels = split_labels(p.prepared, "train")
     manifest = load_manifest(p.prepared)
     labelled, validation = draw_split(labels, cfg.base.num_classes, cfg.base.labels_per_class,
                                       cfg.base.val_per_class, cfg.base.seed)

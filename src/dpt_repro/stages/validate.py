@@ -15,7 +15,7 @@ import numpy as np
 
 from dpt_repro import tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.data.shards import load_generated, load_manifest, load_split
+from dpt_repro.data.shards import generated_count, iter_split, load_generated, load_manifest, select, split_labels
 from dpt_repro.errors import GateFailed, UserError
 from dpt_repro.gates import suites
 from dpt_repro.gates.core import run_gate, summary_lines
@@ -31,17 +31,18 @@ def _shape(cfg: Config) -> tuple[int, int, int]:
 
 def _prepared(cfg: Config):
     p = paths(cfg)
-    splits = {name: load_split(p.prepared, name) for name in ("train", "test")}
+    splits = {name: iter_split(p.prepared, name) for name in ("train", "test")}  # shard by shard
     return suites.prepared(splits, load_manifest(p.prepared), cfg.base.num_classes, _shape(cfg))
 
 
 def _split(cfg: Config):
     p = paths(cfg)
-    train_x, train_y = load_split(p.prepared, "train")
-    test_x, _ = load_split(p.prepared, "test")
+    train_y = split_labels(p.prepared, "train")
     split = read_split(cfg)
     return suites.split(np.asarray(split["labelled"], np.int64), np.asarray(split["validation"], np.int64), train_y,
-                        train_x, test_x, cfg.base.num_classes, cfg.base.labels_per_class, cfg.base.val_per_class)
+                        lambda idx: select(p.prepared, "train", idx)[0],
+                        (x for x, _ in iter_split(p.prepared, "test")), cfg.base.num_classes,
+                        cfg.base.labels_per_class, cfg.base.val_per_class)
 
 
 def _pseudo_labels(cfg: Config):
@@ -79,8 +80,8 @@ def _mix(cfg: Config):
     split = read_split(cfg)
     cap = cfg.stage3.generated_per_class
     used = min(cap, cfg.sample.images_per_class) if cap else cfg.sample.images_per_class
-    generated, _ = load_generated(p.generated, cap)  # exactly what stage 3 reads
-    return suites.mix(len(split["labelled"]), len(generated), cfg.base.labels_per_class, used,
+    n_generated = generated_count(p.generated, cap)  # exactly what stage 3 reads
+    return suites.mix(len(split["labelled"]), n_generated, cfg.base.labels_per_class, used,
                       cfg.base.num_classes, cfg.gates.mix_tolerance)
 
 
