@@ -20,6 +20,12 @@ def test_dvc_columns_are_found_with_or_without_their_file_prefix():
     assert report.column({}, "fid") is None
 
 
+def test_dvc_placeholders_are_not_numbers_and_integral_params_are_ints():
+    assert [report.number(v) for v in ("!", "-", None, True)] == [None, None, None, None]
+    assert report.number(1.0) == 1 and isinstance(report.number(1.0), int)
+    assert report.number(0.6424) == 0.6424 and report.number(5) == 5
+
+
 def test_seeds_form_one_group_and_the_gain_is_tested_against_zero():
     rows = [row(1, s, g) for s, g in enumerate((0.020, 0.030, 0.025))]
     rows += [row(2, s, g) for s, g in enumerate((0.02, -0.03, 0.01))]

@@ -37,23 +37,30 @@ def column(row: dict, key: str):
     return next((v for k, v in row.items() if k.endswith(":" + key)), None)
 
 
+def number(value):
+    """A value of `dvc exp show` as a number, or None for its placeholders ('!' missing, '-' not applicable)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value) if isinstance(value, float) and value.is_integer() else value  # JSON gives lpc 1 as 1.0
+
+
 def collect(repo: str = ".", num: int = 1) -> list[dict]:
     import dvc.api
 
     rows = []
     for row in dvc.api.exp_show(repo=repo, num=num):
-        if row.get("typ") == "workspace" or column(row, "top1_stage3") is None:
-            continue
+        if row.get("typ") == "workspace" or number(column(row, "top1_stage3")) is None:
+            continue  # no evaluate result (a commit without metrics shows '!')
         if row.get("State") not in (None, "Success"):
             continue
         out = {"experiment": row.get("Experiment") or "(commit)", "rev": str(row.get("rev", ""))[:7],
-               "lpc": column(row, "base.labels_per_class"), "seed": column(row, "base.seed"),
+               "lpc": number(column(row, "base.labels_per_class")), "seed": number(column(row, "base.seed")),
                "hardware": column(row, "hardware") or "not recorded",
                "data": str(column(row, "data/prepared/fashion-mnist") or column(row, "base.dataset"))[:8]}
         for key, default in VARIANT.items():
             value = column(row, key)
-            out[key] = default if value is None else value
-        out.update({m: column(row, m) for m in METRICS})
+            out[key] = default if value is None else value if number(value) is None else number(value)
+        out.update({m: number(column(row, m)) for m in METRICS})
         rows.append(out)
     if not rows:
         raise UserError("no finished experiments with evaluate results; run `dvc exp run` or `make sweep` first")
