@@ -38,7 +38,7 @@ def column(row: dict, key: str):
 
 
 def number(value):
-    """A value of `dvc exp show` as a number, or None for its placeholders ('!' missing, '-' not applicable)."""
+    """A value of `dvc exp show` as a number, or None for its marks of a missing ('!') or inapplicable ('-') value."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return int(value) if isinstance(value, float) and value.is_integer() else value  # JSON gives lpc 1 as 1.0
