@@ -98,7 +98,8 @@ def gather(array):
 
     parts: list = [None] * world_size()
     dist.all_gather_object(parts, array)
-    return np.concatenate(parts)
+    # A rank with no items (fewer items than ranks) may hold an array of another width, e.g. (0, 0).
+    return np.concatenate([p for p in parts if len(p)] or parts[:1])
 
 
 def broadcast(obj):
