@@ -25,6 +25,20 @@ def test_help_lists_every_stage_without_importing_heavy_libraries():
     assert out.stdout.strip() == "[]"
 
 
+def test_a_checkout_runs_its_own_source_not_the_installed_copy(tmp_path):
+    """As in a queued DVC experiment: the command runs in a copy of the repository whose src/ DVC hashed."""
+    package = tmp_path / "src" / "dpt_repro"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "cli.py").write_text("import sys\nprint('checkout copy', sys.argv[1:])\n")
+    out = subprocess.run([sys.executable, "-m", "dpt_repro.cli", "report", "--out", "x"], cwd=tmp_path,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "checkout copy ['report', '--out', 'x']"
+    installed = subprocess.run([sys.executable, "-m", "dpt_repro.cli", "--help"], cwd=ROOT, capture_output=True,
+                               text=True, check=True)
+    assert "fid-reference" in installed.stdout  # the installed checkout itself: no re-run, the real CLI answers
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())

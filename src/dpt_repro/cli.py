@@ -153,12 +153,32 @@ def report(num: Annotated[int, typer.Option("--num", help="Experiments of the la
     typer.echo(f"wrote {path}")
 
 
+_FROM_CHECKOUT = "DPT_REPRO_FROM_CHECKOUT"
+
+
+def _run_checkout_source() -> None:
+    """Re-run this command on ./src/dpt_repro when the imported package is another copy.
+
+    `dvc exp run --queue` runs each experiment in its own copy of the repository and records that copy's
+    `src/` as the stages' code dependency, while an editable install imports the workspace's `src/`: code
+    edited during a sweep would run in experiments that record the old code. Re-executing with ./src first on
+    the path makes the code that runs the code that DVC hashed.
+    """
+    local = Path.cwd() / "src" / "dpt_repro"
+    if os.environ.get(_FROM_CHECKOUT) or not (local / "__init__.py").is_file():
+        return
+    if local.resolve() == Path(__file__).resolve().parent:
+        return
+    path = [str(local.parent.resolve()), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), **{_FROM_CHECKOUT: "1"})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "dpt_repro.cli", *sys.argv[1:]], env)
+
+
 def main() -> None:
+    _run_checkout_source()
     app(prog_name="dpt-repro")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 if __name__ == "__main__":  # `python -m dpt_repro.cli`, as torchrun starts each process
