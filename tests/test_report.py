@@ -67,3 +67,21 @@ def test_the_claims_section_compares_the_gain_with_retraining_alone_and_the_gene
     assert "Claim 2, 5 label(s) per class: FID of the pseudo-label generator 31.00; oracle 27.00 (ratio 1.15: " \
            "within 20 %); labelled-only 80.00 (pseudo-label generator better)." in text
     assert "Claim 2, 1 label(s) per class: FID of the pseudo-label generator 31.00; oracle 27.00 (ratio 1.15" in text
+
+
+def test_ablations_compare_each_value_on_the_seeds_every_value_ran():
+    main = [dict(row(1, s, g, **{"sample.images_per_class": 50, "sample.guidance_scale": 1.5}), fid=40.0 + s)
+            for s, g in enumerate((0.01, 0.05, 0.03))]
+    ablate = [dict(row(1, 0, 0.02, **{"sample.images_per_class": k, "sample.guidance_scale": 1.5}), fid=f)
+              for k, f in ((10, 90.0), (200, 35.0))]
+    ablate += [dict(row(1, 0, 0.04, **{"sample.images_per_class": 50, "sample.guidance_scale": 3.0}), fid=45.0)]
+    other_lpc = [row(2, 0, 0.1, **{"sample.images_per_class": 10, "sample.guidance_scale": 1.5})]
+    text = "\n".join(report.ablations(main + ablate + other_lpc))
+    k_table = text.split("### `sample.images_per_class`")[1].split("###")[0]
+    assert "guidance_scale 1.5, seed(s) 0" in k_table
+    assert "| 10 | 62.0 | 2.00 | 90.00 |" in k_table and "| 50 | 61.0 | 1.00 | 40.00 |" in k_table  # seed 0 only
+    assert "| 200 | 62.0 | 2.00 | 35.00 |" in k_table
+    w_table = text.split("### `sample.guidance_scale`")[1]
+    assert "images_per_class 50, seed(s) 0" in w_table
+    assert "| 1.5 | 61.0 | 1.00 | 40.00 |" in w_table and "| 3.0 | 64.0 | 4.00 | 45.00 |" in w_table
+    assert report.ablations(main) == []  # nothing varied

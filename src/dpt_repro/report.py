@@ -27,6 +27,7 @@ PAPER = [
 VARIANT = {"base.profile": "default", "stage2.labels": "pseudo", "stage3.protocol": "retrain",
            "stage3.generated_share": -1.0, "sample.images_per_class": None, "sample.guidance_scale": None}
 METRICS = ("top1_stage1", "top1_stage3", "dpt_gain", "fid", "pseudo_label_accuracy")
+ABLATED = ("sample.images_per_class", "sample.guidance_scale")  # varied one at a time at 1 label per class
 ALPHA = 0.05  # significance level of the t-test
 
 
@@ -200,12 +201,47 @@ def claims(groups: dict[tuple, list[dict]]) -> list[str]:
     return lines
 
 
+def ablations(rows: list[dict]) -> list[str]:
+    """K and the guidance scale at 1 label per class, one varied at a time with the other at the value most runs
+    share (the profile's), each value on the seeds that every value ran: a one-seed ablation is compared with the
+    same seed of the sweep, not with its three-seed mean."""
+    lines = []
+    for profile in sorted({str(r["base.profile"]) for r in rows}):
+        runs = [r for r in rows if str(r["base.profile"]) == profile and r["lpc"] == 1 and r["stage2.labels"] == "pseudo"
+                and r["stage3.protocol"] == "retrain" and r["stage3.generated_share"] == -1.0]
+        for knob in ABLATED:
+            other = next(k for k in ABLATED if k != knob)
+            fixed = statistics.mode(r[other] for r in runs) if runs else None
+            by_value: dict = {}
+            for r in runs:
+                if r[other] == fixed:
+                    by_value.setdefault(r[knob], {})[r["seed"]] = r
+            seeds = sorted(set.intersection(*(set(v) for v in by_value.values()))) if by_value else []
+            if len(by_value) < 2 or not seeds:
+                continue
+            lines += [f"### `{knob}`, profile `{profile}`, 1 label per class, {other.split('.')[-1]} {fixed}, "
+                      f"seed(s) {', '.join(map(str, seeds))}", "",
+                      "| value | stage-3 top-1 % | DPT gain (points) | FID |", "| --- | --- | --- | --- |"]
+            for value in sorted(by_value):
+                members = [by_value[value][s] for s in seeds]
+                lines.append(f"| {value} | {mean_std([m['top1_stage3'] for m in members], 100)} | "
+                             f"{mean_std([m['dpt_gain'] for m in members], 100, 2)} | "
+                             f"{mean_std([m['fid'] for m in members], 1, 2)} |")
+            if knob == "sample.images_per_class":
+                lines += ["", "FID here is of all K x classes generated images: its small-sample bias differs "
+                              "with K, so compare it across the guidance scales, not across K."]
+            lines.append("")
+    return lines
+
+
 def markdown(rows: list[dict], groups: dict[tuple, list[dict]], pictures: list[str], command: str) -> str:
     header = [k.split(".")[-1] for k in VARIANT]
     lines = ["# DPT reproduction report", "",
              f"Generated {datetime.date.today().isoformat()} by `{command}` from `dvc exp show`. Our rows are "
              "Fashion-MNIST runs of this package; the paper's are full-scale ImageNet runs, for the shape of the "
-             "effects only.", "",
+             "effects only. `dvc exp apply EXPERIMENT` restores a row's params and outputs, and `dvc repro --force` "
+             "then reruns it; `git rev` is the experiment's commit (code and params), `data` the DVC hash of the "
+             "prepared data.", "",
              "## Groups (mean ± std over seeds)", "",
              "| " + " | ".join(header) + " | labels/class | seeds | stage-1 top-1 % | stage-3 top-1 % | DPT gain "
              "(points) | gain significant at 5 %? | FID | pseudo-label acc % | hardware |",
@@ -219,6 +255,9 @@ def markdown(rows: list[dict], groups: dict[tuple, list[dict]], pictures: list[s
                      f"{mean_std([m['pseudo_label_accuracy'] for m in members], 100)} | "
                      f"{', '.join(sorted({str(m['hardware']) for m in members}))} |")
     lines += ["", "## The claims, as measured", ""] + claims(groups)
+    found = ablations(rows)
+    if found:
+        lines += ["## Ablations", ""] + found
     lines += ["## The paper (full scale, ImageNet; not comparable numbers)", "",
               "| result | labels/class | value |", "| --- | --- | --- |"]
     lines += [f"| {what} | {lpc} | {value} |" for what, lpc, value in PAPER]
