@@ -238,6 +238,7 @@ def test_two_queued_experiments_run_at_once_and_both_log_completely(smoke_repo, 
         assert rows[name]["top1_stage3"] == pytest.approx(metrics["top1_stage3"])
         assert (rows[name]["lpc"], rows[name]["seed"], rows[name]["base.profile"]) == (int(key[3]), 1, "smoke")
         assert f"| {name} |" in text and rows[name]["hardware"].endswith("threads")
+        assert 0.0 <= rows[name]["generated_agreement"] <= 1.0  # the generated gate's check, read from git
     assert "## The paper" in text and "gain significant at 5 %?" in text
     for picture in ("top1.png", "fid.png"):
         assert (tmp_path / "report" / picture).read_bytes()[:4] == b"\x89PNG"

@@ -11,7 +11,7 @@ def row(lpc, seed, gain, **variant):
     base.update(variant)
     return {"experiment": f"exp-{lpc}-{seed}", "rev": "abc1234", "data": "d41d8cd9", "hardware": "x86_64 CPU",
             "lpc": lpc, "seed": seed, **base, "top1_stage1": 0.6, "top1_stage3": 0.6 + gain, "dpt_gain": gain,
-            "fid": 30.0 + seed, "pseudo_label_accuracy": 0.7}
+            "fid": 30.0 + seed, "pseudo_label_accuracy": 0.7, "generated_agreement": 0.9 + seed / 100}
 
 
 def test_dvc_columns_are_found_with_or_without_their_file_prefix():
@@ -37,7 +37,7 @@ def test_seeds_form_one_group_and_the_gain_is_tested_against_zero():
     assert report.significance([0.01]) == "n/a (1 seed)"
     text = report.markdown(rows, groups, [], "dpt-repro report")
     assert "| 2.50 ± 0.50 |" in text  # the lpc-1 gain in points, mean ± std
-    assert "| 31.00 ± 1.00 |" in text  # FID over seeds 0, 1, 2
+    assert "| 31.00 ± 1.00 | 70.0 ± 0.0 | 91.0 ± 1.0 |" in text  # FID, pseudo-label accuracy, stage-1 agreement
     assert "| oracle |" in text and "## The paper" in text and text.count("| exp-") == 7
 
 

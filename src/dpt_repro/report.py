@@ -10,6 +10,7 @@ and PNG plots under `reports/report/`.
 from __future__ import annotations
 
 import datetime
+import json
 import statistics
 import subprocess
 from pathlib import Path
@@ -62,10 +63,22 @@ def collect(repo: str = ".", num: int = 1) -> list[dict]:
             value = column(row, key)
             out[key] = default if value is None else value if number(value) is None else number(value)
         out.update({m: number(column(row, m)) for m in METRICS})
+        out["generated_agreement"] = generated_agreement(str(row.get("rev", "")), repo)
         rows.append(out)
     if not rows:
         raise UserError("no finished experiments with evaluate results; run `dvc exp run` or `make sweep` first")
     return rows
+
+
+def generated_agreement(rev: str, repo: str = ".") -> float | None:
+    """How often the stage-1 classifier predicts the class an image was generated for (the generated gate's check,
+    kept in git with the experiment). Near 1, the generated images teach stage 3 what stage 1 already believed."""
+    shown = subprocess.run(["git", "-C", repo, "show", f"{rev}:metrics/gates/generated.json"], capture_output=True,
+                           text=True)
+    if shown.returncode != 0:
+        return None
+    checks = json.loads(shown.stdout).get("checks", [])
+    return next((c["observed"] for c in checks if c.get("expected", {}).get("column") == "agrees"), None)
 
 
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
@@ -244,8 +257,9 @@ def markdown(rows: list[dict], groups: dict[tuple, list[dict]], pictures: list[s
              "prepared data.", "",
              "## Groups (mean ± std over seeds)", "",
              "| " + " | ".join(header) + " | labels/class | seeds | stage-1 top-1 % | stage-3 top-1 % | DPT gain "
-             "(points) | gain significant at 5 %? | FID | pseudo-label acc % | hardware |",
-             "| " + " | ".join(["---"] * (len(header) + 9)) + " |"]
+             "(points) | gain significant at 5 %? | FID | pseudo-label acc % | stage 1 agrees with generated % | "
+             "hardware |",
+             "| " + " | ".join(["---"] * (len(header) + 10)) + " |"]
     for key, members in groups.items():
         gains = [m["dpt_gain"] for m in members if m["dpt_gain"] is not None]
         lines.append("| " + " | ".join(str(v) for v in key[:-1]) + f" | {key[-1]} | {len(members)} | "
@@ -253,6 +267,7 @@ def markdown(rows: list[dict], groups: dict[tuple, list[dict]], pictures: list[s
                      f"{mean_std([m['top1_stage3'] for m in members], 100)} | {mean_std(gains, 100, 2)} | "
                      f"{significance(gains)} | {mean_std([m['fid'] for m in members], 1, 2)} | "
                      f"{mean_std([m['pseudo_label_accuracy'] for m in members], 100)} | "
+                     f"{mean_std([m['generated_agreement'] for m in members], 100)} | "
                      f"{', '.join(sorted({str(m['hardware']) for m in members}))} |")
     lines += ["", "## The claims, as measured", ""] + claims(groups)
     found = ablations(rows)
