@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,9 @@ def test_a_checkout_runs_its_own_source_not_the_installed_copy(tmp_path):
     out = subprocess.run([sys.executable, "-m", "dpt_repro.cli", "report", "--out", "x"], cwd=tmp_path,
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "checkout copy ['report', '--out', 'x']"
+    chosen = subprocess.run([sys.executable, "-m", "dpt_repro.cli", "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert "fid-reference" in chosen.stdout  # a package chosen through PYTHONPATH is kept
     installed = subprocess.run([sys.executable, "-m", "dpt_repro.cli", "--help"], cwd=ROOT, capture_output=True,
                                text=True, check=True)
     assert "fid-reference" in installed.stdout  # the installed checkout itself: no re-run, the real CLI answers

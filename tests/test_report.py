@@ -85,3 +85,20 @@ def test_ablations_compare_each_value_on_the_seeds_every_value_ran():
     assert "images_per_class 50, seed(s) 0" in w_table
     assert "| 1.5 | 61.0 | 1.00 | 40.00 |" in w_table and "| 3.0 | 64.0 | 4.00 | 45.00 |" in w_table
     assert report.ablations(main) == []  # nothing varied
+
+
+def test_the_plots_leave_ablations_to_their_tables_and_draw_stage_1_once():
+    knobs = {"sample.images_per_class": 50, "sample.guidance_scale": 1.5}
+    rows = [row(lpc, s, 0.02, **knobs) for lpc in (1, 2) for s in range(3)]
+    rows += [row(1, s, 0.0, **knobs, **{"stage3.generated_share": 0.0}) for s in range(3)]
+    rows += [row(5, 0, 0.07, **knobs, **{"stage2.labels": "oracle"})]
+    rows += [row(1, 0, 0.02, **{**knobs, "sample.images_per_class": 200})]
+    series = report.plot_series(report.group_rows(rows))
+    assert sorted(series) == [
+        ("fid", "oracle-label generator · retrain · default"), ("fid", "pseudo-label generator · retrain · default"),
+        ("top1_stage1", "stage 1 · retrain · default"),
+        ("top1_stage3", "stage 3, no generated images · retrain · default"),
+        ("top1_stage3", "stage 3, oracle-label generator · retrain · default"),
+        ("top1_stage3", "stage 3, pseudo-label generator · retrain · default")]
+    fid = series[("fid", "pseudo-label generator · retrain · default")]
+    assert fid == {"x": [1, 2], "y": [31.0, 31.0], "e": [1.0, 1.0]}

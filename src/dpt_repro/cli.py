@@ -162,12 +162,15 @@ def _run_checkout_source() -> None:
     `dvc exp run --queue` runs each experiment in its own copy of the repository and records that copy's
     `src/` as the stages' code dependency, while an editable install imports the workspace's `src/`: code
     edited during a sweep would run in experiments that record the old code. Re-executing with ./src first on
-    the path makes the code that runs the code that DVC hashed.
+    the path makes the code that runs the code that DVC hashed. A package found through PYTHONPATH was chosen
+    on purpose and is kept.
     """
     local = Path.cwd() / "src" / "dpt_repro"
     if os.environ.get(_FROM_CHECKOUT) or not (local / "__init__.py").is_file():
         return
-    if local.resolve() == Path(__file__).resolve().parent:
+    imported = Path(__file__).resolve().parent
+    chosen = [Path(entry).resolve() for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    if local.resolve() == imported or imported.parent in chosen:
         return
     path = [str(local.parent.resolve()), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), **{_FROM_CHECKOUT: "1"})

@@ -28,6 +28,7 @@ PAPER = [
 VARIANT = {"base.profile": "default", "stage2.labels": "pseudo", "stage3.protocol": "retrain",
            "stage3.generated_share": -1.0, "sample.images_per_class": None, "sample.guidance_scale": None}
 METRICS = ("top1_stage1", "top1_stage3", "dpt_gain", "fid", "pseudo_label_accuracy")
+VARIANT_KEYS = list(VARIANT)
 ABLATED = ("sample.images_per_class", "sample.guidance_scale")  # varied one at a time at 1 label per class
 ALPHA = 0.05  # significance level of the t-test
 
@@ -110,6 +111,38 @@ def group_rows(rows: list[dict]) -> dict[tuple, list[dict]]:
     return groups
 
 
+def plot_series(groups: dict[tuple, list[dict]]) -> dict[tuple[str, str], dict[str, list]]:
+    """(metric, curve label) -> x (labels per class), y (mean over seeds), e (std) for the plots. Groups of an
+    ablated K or guidance scale are left to the ablation tables; stage 1 does not depend on the generator, so it is
+    drawn once (from the DPT runs), and a stage 3 without generated images has no FID of its own."""
+    series: dict[tuple[str, str], dict[str, list]] = {}
+    knobs = [VARIANT_KEYS.index(k) for k in ABLATED]
+    common = {k: statistics.mode(key[k] for key in groups) for k in knobs}
+    for key, members in groups.items():
+        if any(key[k] != common[k] for k in knobs):
+            continue
+        v = dict(zip(VARIANT_KEYS, key[:-1]))
+        dpt = v["stage2.labels"] == "pseudo" and v["stage3.generated_share"] == -1.0
+        generator = ("no generated images" if v["stage3.generated_share"] == 0.0
+                     else f"{v['stage2.labels']}-label generator")
+        if v["stage3.generated_share"] not in (-1.0, 0.0):
+            generator += f", generated share {v['stage3.generated_share']:g}"
+        suffix = f" · {v['stage3.protocol']} · {v['base.profile']}"
+        curves = [("top1_stage3", f"stage 3, {generator}{suffix}")]
+        if dpt:
+            curves.append(("top1_stage1", f"stage 1{suffix}"))
+        if v["stage3.generated_share"] != 0.0:
+            curves.append(("fid", f"{generator}{suffix}"))
+        for metric, label in curves:
+            values = [m[metric] for m in members if m[metric] is not None]
+            if values:
+                s = series.setdefault((metric, label), {"x": [], "y": [], "e": []})
+                s["x"].append(key[-1])
+                s["y"].append(statistics.mean(values))
+                s["e"].append(statistics.stdev(values) if len(values) > 1 else 0.0)
+    return series
+
+
 def plot(groups: dict[tuple, list[dict]], folder: Path) -> list[str]:
     import matplotlib
 
@@ -117,23 +150,19 @@ def plot(groups: dict[tuple, list[dict]], folder: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
-    series: dict[tuple, dict[str, list]] = {}
-    for key, members in groups.items():
-        variant, lpc = key[:-1], key[-1]
-        for metric in ("top1_stage1", "top1_stage3", "fid"):
-            values = [m[metric] for m in members if m[metric] is not None]
-            if values:
-                series.setdefault((variant, metric), {}).setdefault("x", []).append(lpc)
-                series[(variant, metric)].setdefault("y", []).append(statistics.mean(values))
-                series[(variant, metric)].setdefault("e", []).append(
-                    statistics.stdev(values) if len(values) > 1 else 0.0)
+    series = plot_series(groups)
+    ticks = sorted({x for s in series.values() for x in s["x"]})
     for name, metrics, ylabel in (("top1.png", ("top1_stage1", "top1_stage3"), "test top-1"),
                                   ("fid.png", ("fid",), "FID")):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for (variant, metric), s in series.items():
-            if metric in metrics:
-                label = f"{metric} · {variant[1]} labels · {variant[2]} · {variant[0]}"
+        for (metric, label), s in sorted(series.items()):
+            if metric == "fid" and label.startswith("oracle") and len(s["y"]) == 1:  # no labels per class to vary
+                ax.axhline(s["y"][0], linestyle="--", color="grey", label=f"{label} (all true labels)")
+            elif metric in metrics:
                 ax.errorbar(s["x"], s["y"], yerr=s["e"], marker="o", capsize=3, label=label)
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("labels per class")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=6)
