@@ -65,9 +65,9 @@ def test_the_claims_section_compares_the_gain_with_retraining_alone_and_the_gene
     assert "Claim 1, 1 label(s) per class: DPT gain 2.50 ± 0.50 points over 3 seed(s); significant at 5 %: yes" in text
     assert "retraining without generated images: 0.50 ± 0.00 points (3 seed(s)); so the generated images " \
            "themselves (stage 3 with minus without, same seed): 2.00 ± 0.50 points, significant at 5 %: yes" in text
-    assert "Claim 2, 5 label(s) per class: FID of the pseudo-label generator 31.00; oracle 27.00 (ratio 1.15: " \
-           "within 20 %); labelled-only 80.00 (pseudo-label generator better)." in text
-    assert "Claim 2, 1 label(s) per class: FID of the pseudo-label generator 31.00; oracle 27.00 (ratio 1.15" in text
+    assert "Claim 2, 5 label(s) per class: FID of the pseudo-label generator 31.00 (seeds 0, 1, 2); oracle 27.00 " \
+           "(seed 0; ratio 1.15: within 20 %); labelled-only 80.00 (seed 0; pseudo-label generator better)." in text
+    assert "Claim 2, 1 label(s) per class: FID of the pseudo-label generator 31.00 (seeds 0, 1, 2); oracle" in text
 
 
 def test_ablations_compare_each_value_on_the_seeds_every_value_ran():
@@ -96,10 +96,11 @@ def test_the_plots_leave_ablations_to_their_tables_and_draw_stage_1_once():
     rows += [row(1, 0, 0.02, **{**knobs, "sample.images_per_class": 200})]
     series = report.plot_series(report.group_rows(rows))
     assert sorted(series) == [
-        ("fid", "oracle-label generator · retrain · default"), ("fid", "pseudo-label generator · retrain · default"),
+        ("fid", "oracle generator (all true labels) · retrain · default"),
+        ("fid", "pseudo-label generator · retrain · default"),
         ("top1_stage1", "stage 1 · retrain · default"),
         ("top1_stage3", "stage 3, no generated images · retrain · default"),
-        ("top1_stage3", "stage 3, oracle-label generator · retrain · default"),
+        ("top1_stage3", "stage 3, oracle generator (all true labels) · retrain · default"),
         ("top1_stage3", "stage 3, pseudo-label generator · retrain · default")]
     fid = series[("fid", "pseudo-label generator · retrain · default")]
-    assert fid == {"x": [1, 2], "y": [31.0, 31.0], "e": [1.0, 1.0]}
+    assert fid == {"x": [1, 2], "y": [31.0, 31.0], "e": [1.0, 1.0], "n": [3, 3]}

@@ -31,6 +31,8 @@ METRICS = ("top1_stage1", "top1_stage3", "dpt_gain", "fid", "pseudo_label_accura
 VARIANT_KEYS = list(VARIANT)
 ABLATED = ("sample.images_per_class", "sample.guidance_scale")  # varied one at a time at 1 label per class
 ALPHA = 0.05  # significance level of the t-test
+GENERATORS = {"pseudo": "pseudo-label generator", "oracle": "oracle generator (all true labels)",
+              "labelled": "labelled-only generator"}
 
 
 def column(row: dict, key: str):
@@ -112,9 +114,10 @@ def group_rows(rows: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def plot_series(groups: dict[tuple, list[dict]]) -> dict[tuple[str, str], dict[str, list]]:
-    """(metric, curve label) -> x (labels per class), y (mean over seeds), e (std) for the plots. Groups of an
-    ablated K or guidance scale are left to the ablation tables; stage 1 does not depend on the generator, so it is
-    drawn once (from the DPT runs), and a stage 3 without generated images has no FID of its own."""
+    """(metric, curve label) -> x (labels per class), y (mean over seeds), e (std), n (seeds) for the plots.
+    Groups of an ablated K or guidance scale are left to the ablation tables; stage 1 does not depend on the
+    generator, so it is drawn once (from the DPT runs), and a stage 3 without generated images has no FID of its
+    own."""
     series: dict[tuple[str, str], dict[str, list]] = {}
     knobs = [VARIANT_KEYS.index(k) for k in ABLATED]
     common = {k: statistics.mode(key[k] for key in groups) for k in knobs}
@@ -124,7 +127,7 @@ def plot_series(groups: dict[tuple, list[dict]]) -> dict[tuple[str, str], dict[s
         v = dict(zip(VARIANT_KEYS, key[:-1]))
         dpt = v["stage2.labels"] == "pseudo" and v["stage3.generated_share"] == -1.0
         generator = ("no generated images" if v["stage3.generated_share"] == 0.0
-                     else f"{v['stage2.labels']}-label generator")
+                     else GENERATORS.get(v["stage2.labels"], f"{v['stage2.labels']} generator"))
         if v["stage3.generated_share"] not in (-1.0, 0.0):
             generator += f", generated share {v['stage3.generated_share']:g}"
         suffix = f" · {v['stage3.protocol']} · {v['base.profile']}"
@@ -136,7 +139,8 @@ def plot_series(groups: dict[tuple, list[dict]]) -> dict[tuple[str, str], dict[s
         for metric, label in curves:
             values = [m[metric] for m in members if m[metric] is not None]
             if values:
-                s = series.setdefault((metric, label), {"x": [], "y": [], "e": []})
+                s = series.setdefault((metric, label), {"x": [], "y": [], "e": [], "n": []})
+                s["n"].append(len(values))
                 s["x"].append(key[-1])
                 s["y"].append(statistics.mean(values))
                 s["e"].append(statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -156,10 +160,15 @@ def plot(groups: dict[tuple, list[dict]], folder: Path) -> list[str]:
                                   ("fid.png", ("fid",), "FID")):
         fig, ax = plt.subplots(figsize=(6, 4))
         for (metric, label), s in sorted(series.items()):
+            if metric not in metrics:
+                continue
+            seeds = "/".join(str(n) for n in sorted(set(s["n"])))
+            label = f"{label} · {seeds} seed{'s' if seeds != '1' else ''}"
             if metric == "fid" and label.startswith("oracle") and len(s["y"]) == 1:  # no labels per class to vary
-                ax.axhline(s["y"][0], linestyle="--", color="grey", label=f"{label} (all true labels)")
-            elif metric in metrics:
-                ax.errorbar(s["x"], s["y"], yerr=s["e"], marker="o", capsize=3, label=label)
+                ax.axhline(s["y"][0], linestyle="--", color="grey", label=label)
+            else:
+                ax.errorbar(s["x"], s["y"], yerr=s["e"], marker="o", capsize=3, label=label,
+                            fillstyle="full" if min(s["n"]) > 1 else "none")
         ax.set_xscale("log")
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
@@ -204,6 +213,10 @@ def _mean(members: list[dict], metric: str) -> float | None:
     return statistics.mean(values) if values else None
 
 
+def _seeds(members: list[dict]) -> str:
+    return f"seed{'s' if len(members) > 1 else ''} {', '.join(str(m['seed']) for m in members)}"
+
+
 def claims(groups: dict[tuple, list[dict]]) -> list[str]:
     """The paper's two claims, per profile, from the groups that hold them: (1) the DPT gain at 1 and 2 labels
     per class, beside retraining without generated images; (2) the pseudo-label generator's FID against the
@@ -229,20 +242,24 @@ def claims(groups: dict[tuple, list[dict]]) -> list[str]:
                     line += (f"; so the generated images themselves (stage 3 with minus without, same seed): "
                              f"{mean_std(effect, 100, 2)} points, significant at 5 %: {significance(effect)}")
             lines.append(line + ".")
-        oracle = _mean(_find(groups, profile, None, **{"stage2.labels": "oracle"}), "fid")
+        oracle_runs = _find(groups, profile, None, **{"stage2.labels": "oracle"})
+        oracle = _mean(oracle_runs, "fid")
         for lpc in (5, 1):
-            fid_pseudo = _mean(_find(groups, profile, lpc, **pseudo, **{"stage3.generated_share": -1.0}), "fid")
-            fid_labelled = _mean(_find(groups, profile, lpc, **{"stage2.labels": "labelled"}), "fid")
+            pseudo_runs = _find(groups, profile, lpc, **pseudo, **{"stage3.generated_share": -1.0})
+            labelled_runs = _find(groups, profile, lpc, **{"stage2.labels": "labelled"})
+            fid_pseudo, fid_labelled = _mean(pseudo_runs, "fid"), _mean(labelled_runs, "fid")
             if fid_pseudo is None:
                 continue
-            parts = [f"- Claim 2, {lpc} label(s) per class: FID of the pseudo-label generator {fid_pseudo:.2f}"]
+            parts = [f"- Claim 2, {lpc} label(s) per class: FID of the pseudo-label generator {fid_pseudo:.2f} "
+                     f"({_seeds(pseudo_runs)})"]
             if oracle is not None:
                 ratio = fid_pseudo / oracle
-                parts.append(f"oracle {oracle:.2f} (ratio {ratio:.2f}: {'within' if ratio <= 1.2 else 'not within'} "
-                             "20 %)")
+                parts.append(f"oracle {oracle:.2f} ({_seeds(oracle_runs)}; ratio {ratio:.2f}: "
+                             f"{'within' if ratio <= 1.2 else 'not within'} 20 %)")
             if fid_labelled is not None:
                 better = "better" if fid_pseudo < fid_labelled else "not better"
-                parts.append(f"labelled-only {fid_labelled:.2f} (pseudo-label generator {better})")
+                parts.append(f"labelled-only {fid_labelled:.2f} ({_seeds(labelled_runs)}; pseudo-label generator "
+                             f"{better})")
             lines.append("; ".join(parts) + ".")
         lines.append("")
     return lines
@@ -254,8 +271,9 @@ def ablations(rows: list[dict]) -> list[str]:
     same seed of the sweep, not with its three-seed mean."""
     lines = []
     for profile in sorted({str(r["base.profile"]) for r in rows}):
-        runs = [r for r in rows if str(r["base.profile"]) == profile and r["lpc"] == 1 and r["stage2.labels"] == "pseudo"
-                and r["stage3.protocol"] == "retrain" and r["stage3.generated_share"] == -1.0]
+        runs = [r for r in rows if str(r["base.profile"]) == profile and r["lpc"] == 1
+                and r["stage2.labels"] == "pseudo" and r["stage3.protocol"] == "retrain"
+                and r["stage3.generated_share"] == -1.0]
         for knob in ABLATED:
             other = next(k for k in ABLATED if k != knob)
             fixed = statistics.mode(r[other] for r in runs) if runs else None
