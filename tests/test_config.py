@@ -91,5 +91,9 @@ def test_stage_mix_and_generator_label_source_are_checked(tmp_path):
     assert load_config(params, ["stage2.labels=oracle"]).stage2.labels == "oracle"
     with pytest.raises(UserError, match=r"stage3.generated_share must be -1 \(as in the pool\) or in \[0, 1\], got 1.5"):
         load_config(params, ["stage3.generated_share=1.5"])
+    with pytest.raises(UserError, match="stage3.generated_share 0.5 sets the share of each labelled batch, which "
+                                        "only the retrain protocol draws"):
+        load_config(params, ["stage3.protocol=probe", "stage3.generated_share=0.5"])
+    assert load_config(params, ["stage3.protocol=probe", "stage3.generated_share=0"]).stage3.generated_share == 0.0
     with pytest.raises(UserError, match="stage2.labels: unknown 'truth' \\(valid: pseudo, oracle, labelled\\)"):
         load_config(params, ["stage2.labels=truth"])

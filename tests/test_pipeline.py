@@ -369,6 +369,13 @@ def test_the_probe_protocol_fits_a_head_on_the_frozen_stage1_network_and_evaluat
     s3 = load_file(repo / "models" / "stage3" / KEY / "model.safetensors")
     assert all(torch.equal(s1[k], s3[k]) for k in s1 if not k.startswith("head."))  # the encoder stayed frozen
     assert not torch.equal(s1["head.weight"], s3["head.weight"])
+    assert metrics["generated_share_of_labelled"] > 0.5
+
+    # The baseline without generated images: the head is fitted on the labelled images alone.
+    ok(sh(["dpt-repro", "stage3", "-S", "stage3.protocol=probe", "-S", "stage3.generated_share=0"], repo))
+    assert json.loads((repo / "metrics" / "stage3.json").read_text())["generated_share_of_labelled"] == 0.0
+    without = load_file(repo / "models" / "stage3" / KEY / "model.safetensors")
+    assert not torch.equal(without["head.weight"], s3["head.weight"])
 
 
 def test_a_failing_gate_stops_the_pipeline_before_the_expensive_stage(smoke_repo):

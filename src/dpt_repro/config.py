@@ -322,6 +322,10 @@ def validate(cfg: Config) -> None:
     share = cfg.stage3.generated_share
     _check(share == -1 or 0 <= share <= 1, f"stage3.generated_share must be -1 (as in the pool) or in [0, 1], "
                                            f"got {share}")
+    _check(cfg.stage3.protocol != "probe" or share in (-1, 0),
+           f"stage3.generated_share {share} sets the share of each labelled batch, which only the retrain protocol "
+           "draws; the probe fits on the whole labelled set at once: use -1 (with the generated images) or 0 "
+           "(without)")
     _check(cfg.stage3.generated_per_class >= 0,
            f"stage3.generated_per_class must be at least 0 (0: all), got {cfg.stage3.generated_per_class}")
     _check(cfg.stage2.labels in GENERATOR_LABELS,

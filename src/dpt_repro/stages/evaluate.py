@@ -13,7 +13,7 @@ import numpy as np
 
 from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.data.shards import iter_generated, load_generated_manifest, load_manifest, load_split
+from dpt_repro.data.shards import iter_generated, iter_split, load_generated_manifest, load_manifest
 from dpt_repro.errors import UserError
 from dpt_repro.io import read_npz, read_parquet, write_json
 from dpt_repro.metrics import fid
@@ -28,12 +28,17 @@ def run(cfg: Config, params_file: Path) -> dict:
     e = cfg.eval
     device = setup(cfg.base)
     k = cfg.base.num_classes
-    test_x, test_y = load_split(p.prepared, "test")
-    results, preds = {}, {}
-    for stage, folder in (("stage1", p.stage1), ("stage3", p.stage3)):
-        model, _ = load_classifier(folder, f"{stage} classifier")
-        preds[stage] = predict_proba_all_ranks(model.to(device), test_x, cfg.pseudo.batch_size, device).argmax(1)
-        results[stage] = summary(test_y, preds[stage], k)
+    models = {stage: load_classifier(folder, f"{stage} classifier")[0].to(device)
+              for stage, folder in (("stage1", p.stage1), ("stage3", p.stage3))}
+    preds: dict[str, list] = {stage: [] for stage in models}
+    labels = []
+    for images, shard_labels in iter_split(p.prepared, "test"):  # one shard in memory (ImageNet val is 10 GB)
+        labels.append(shard_labels)
+        for stage, model in models.items():
+            preds[stage].append(predict_proba_all_ranks(model, images, cfg.pseudo.batch_size, device).argmax(1))
+    test_y = np.concatenate(labels)
+    preds = {stage: np.concatenate(parts) for stage, parts in preds.items()}
+    results = {stage: summary(test_y, preds[stage], k) for stage in preds}
 
     table = read_parquet(p.pseudo_labels, "pseudo-labels", ["pseudo_label", "true_label"])
     manifest = load_generated_manifest(p.generated)

@@ -21,9 +21,10 @@ STREAM = 3
 
 
 def probe(cfg: Config, gen_x, gen_y) -> tuple[dict, ClassifierData]:
-    """The frozen stage-1 encoder with a logistic-regression head fitted on labelled + generated images."""
+    """The frozen stage-1 encoder with a logistic-regression head fitted on labelled + generated images (on the
+    labelled images alone when `generated_share` is 0, the baseline)."""
     p = paths(cfg)
-    data = probe_data(cfg, gen_x, gen_y)
+    data = probe_data(cfg, *((None, None) if cfg.stage3.generated_share == 0 else (gen_x, gen_y)))
     encoder, conf = load_classifier(p.stage1, "stage-1 classifier")
     metrics = fit_probe_and_save(cfg, "stage3", encoder, conf["classifier"], data, p.stage3, {
         "stage3": asdict(cfg.stage3),
@@ -50,7 +51,7 @@ def run(cfg: Config, params_file: Path) -> dict:
             metrics = {"val_acc": result.best_val_acc, "best_step": result.best_step,
                        "images_per_second": round(result.images_per_second, 1),
                        "generated_share_per_batch": cfg.stage3.generated_share}
-        metrics["generated_share_of_labelled"] = round(len(gen_x) / len(data.labelled_x), 4)
+        metrics["generated_share_of_labelled"] = round(data.n_generated / len(data.labelled_x), 4)
         run.metrics(metrics)
         uri = run.classifier_model(p.stage3, data.val_x.shape[1:])
         run.register_champion_candidate(uri, metrics["val_acc"], cfg)
