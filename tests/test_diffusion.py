@@ -1,10 +1,12 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from dpt_repro.config import DiffusionConfig
 from dpt_repro.diffusion.sample import class_plan, guided_sample, image_seed
-from dpt_repro.diffusion.train import train_diffusion
+from dpt_repro.diffusion.train import ema_unet_from_checkpoint, train_diffusion
 from dpt_repro.diffusion.unet import build_unet
 from dpt_repro.errors import UserError
 
@@ -69,6 +71,21 @@ def test_a_killed_diffusion_run_resumes_to_the_same_weights(toy_images, tmp_path
     for (k, v), (_, w) in zip(full.ema_unet.state_dict().items(), resumed.ema_unet.state_dict().items()):
         assert torch.equal(v, w), k
     assert np.isfinite(full.curve[-1]["loss"])
+
+
+def test_the_ema_weights_of_a_checkpoint_are_those_of_a_run_that_stopped_there(toy_images, tmp_path):
+    images, labels = toy_images
+    cfg = tiny_cfg()
+    ckpt = tmp_path / "ckpt.pt"
+    train_diffusion(cfg, images, labels, num_classes=10, seed=0, device=CPU, checkpoint=ckpt)
+    unet, step = ema_unet_from_checkpoint(ckpt, cfg, images.shape[1:], 10)
+    assert step == 3 and not unet.training
+    short = train_diffusion(replace(cfg, steps=step), images, labels, num_classes=10, seed=0, device=CPU)
+    longer = train_diffusion(cfg, images, labels, num_classes=10, seed=0, device=CPU)
+    for (k, v), (_, w), (_, x) in zip(unet.state_dict().items(), short.ema_unet.state_dict().items(),
+                                      longer.ema_unet.state_dict().items()):
+        assert torch.equal(v, w), k
+    assert any(not torch.equal(v, x) for v, x in zip(unet.state_dict().values(), longer.ema_unet.state_dict().values()))
 
 
 def test_default_schedule_and_prediction_keep_samples_in_range():

@@ -122,13 +122,12 @@ def profile(name: Annotated[str, typer.Argument(help="A profile in configs/, e.g
     """Overlay configs/NAME.yaml on the params file (in place, or to --output), for `dvc repro`."""
     import yaml
 
-    from dpt_repro.config import load_config, merge_profile, read_params_file
+    from dpt_repro.config import load_config, profile_params
     from dpt_repro.errors import UserError
     from dpt_repro.io import atomic_path
 
     try:
-        merged = merge_profile(read_params_file(params), read_params_file(Path("configs") / f"{name}.yaml"))
-        merged.setdefault("base", {})["profile"] = name
+        merged = profile_params(params, name)
         target = output or params
         with atomic_path(target) as tmp:
             tmp.write_text(yaml.safe_dump(merged, sort_keys=False))

@@ -7,6 +7,7 @@ The paths every stage reads and writes are derived here too, so the CLI, the sta
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -279,7 +280,12 @@ def read_params_file(path: Path | str) -> dict:
 
 
 def load_config(path: Path | str = "params.yaml", overrides: typing.Sequence[str] = ()) -> Config:
-    tree = read_params_file(path)
+    return config_from_tree(read_params_file(path), overrides)
+
+
+def config_from_tree(tree: dict, overrides: typing.Sequence[str] = ()) -> Config:
+    """A checked Config from a params tree, after `section.key=value` overrides."""
+    tree = copy.deepcopy(tree)
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override '{item}': expected section.key=value")
@@ -381,6 +387,13 @@ def validate_launcher(cfg: Config) -> None:
     for key, batch, per in [t[:3] for t in trained if t[3]]:  # a probe fits on one process, in one batch
         _check(batch % per == 0, f"{key} {batch} must be divisible by {per} (the launcher's {n.processes} "
                                  f"processes{' x stage2.grad_accum' if key.startswith('stage2') else ''})")
+
+
+def profile_params(params: Path | str, name: str) -> dict:
+    """The params tree with configs/<name>.yaml laid over it and base.profile set: what `dpt-repro profile` writes."""
+    merged = merge_profile(read_params_file(params), read_params_file(Path("configs") / f"{name}.yaml"))
+    merged.setdefault("base", {})["profile"] = name
+    return merged
 
 
 def merge_profile(base_tree: dict, profile_tree: dict) -> dict:

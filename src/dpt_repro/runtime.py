@@ -45,6 +45,9 @@ def setup(base: BaseConfig):
         raise UserError("base.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
     name = "cuda" if base.device == "auto" and torch.cuda.is_available() else base.device
     device = torch.device("cpu" if name == "auto" else name)
+    if device.type == "cuda":
+        # Every stage feeds fixed shapes, so cuDNN's per-shape search for the fastest convolution pays off.
+        torch.backends.cudnn.benchmark = True
     if device.type == "cuda" and distributed.world_size() > 1:
         device = torch.device("cuda", distributed.local_rank())  # one GPU per process
         torch.cuda.set_device(device)

@@ -86,13 +86,31 @@ def check_checkpoint_config(state: dict, cfg: DiffusionConfig, expected: str, pa
                     f"delete it or restore those params")
 
 
+def make_ema(unet, cfg: DiffusionConfig):
+    """EMA of the weights with warm-up (decay 1 - (1 + step)^(-2/3), capped at `cfg.ema_decay`)."""
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3,
+                    foreach=True, model_cls=type(unet), model_config=unet.config)
+
+
+def ema_unet_from_checkpoint(path: Path, cfg: DiffusionConfig, image_shape: tuple[int, int, int],
+                             num_classes: int) -> tuple[torch.nn.Module, int]:
+    """The EMA weights of a training checkpoint in a fresh UNet, and the step they were saved at: samples of a
+    run that was stopped, as its own `train_diffusion` would have returned them at that step."""
+    state = load_checkpoint(path)
+    unet = build_unet(cfg.profile, image_shape[0], image_shape[2], num_classes)
+    ema = make_ema(unet, cfg)
+    ema.load_state_dict(state["ema"])
+    ema.copy_to(unet.parameters())
+    return unet.eval(), int(state["step"])
+
+
 def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray, *, num_classes: int, seed: int,
                     device: torch.device, checkpoint: Path | None = None,
                     on_log: Callable[[int, dict], None] | None = None,
                     on_eval: Callable[[int, torch.nn.Module], float] | None = None) -> DiffusionResult:
     """Train; `on_eval(step, ema_unet)` (every `cfg.fid_every` steps and at the end) returns a guided FID."""
-    from diffusers.training_utils import EMAModel
-
     channels, size = images.shape[3], images.shape[1]
     cuda = device.type == "cuda"
     world, main = distributed.world_size(), distributed.is_main()
@@ -101,8 +119,7 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray
     unet = build_unet(cfg.profile, size, channels, num_classes).to(device)
     if cuda:
         unet = unet.to(memory_format=torch.channels_last)
-    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3,
-                   foreach=True, model_cls=type(unet), model_config=unet.config)
+    ema = make_ema(unet, cfg)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda or None)
     warmup = max(1, cfg.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))

@@ -22,11 +22,11 @@ from dpt_repro.stages.classifier import write_csv
 from dpt_repro.stages.split import read_split
 
 
-def load_pseudo_labels(cfg: Config, n_images: int) -> np.ndarray:
-    p = paths(cfg)
-    table = read_parquet(p.pseudo_labels, "pseudo-labels", ["index", "pseudo_label"]).sort_values("index")
+def read_pseudo_labels(path: Path, n_images: int) -> np.ndarray:
+    """One pseudo-label per train image, in image order, from the pseudo-label stage's parquet."""
+    table = read_parquet(path, "pseudo-labels", ["index", "pseudo_label"]).sort_values("index")
     if len(table) != n_images or not np.array_equal(table["index"].to_numpy(), np.arange(n_images)):
-        raise UserError(f"pseudo-labels {p.pseudo_labels} do not cover the {n_images} train images; rerun pseudo-label")
+        raise UserError(f"pseudo-labels {path} do not cover the {n_images} train images; rerun pseudo-label")
     return table["pseudo_label"].to_numpy()
 
 
@@ -37,7 +37,7 @@ def generator_training_set(cfg: Config, images: np.ndarray, true_labels: np.ndar
     if source == "labelled":
         lab = np.asarray(read_split(cfg)["labelled"], np.int64)
         return images[lab], true_labels[lab]
-    return images, load_pseudo_labels(cfg, len(images))
+    return images, read_pseudo_labels(paths(cfg).pseudo_labels, len(images))
 
 
 def training_data(cfg: Config, device, vae) -> tuple[np.ndarray, np.ndarray]:
