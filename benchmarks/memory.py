@@ -38,8 +38,6 @@ def make_dataset(folder: Path, n: int, shard: int) -> None:
 
 def child(kind: str, way: str, folder: Path) -> dict:
     """One measurement; runs in its own process so ru_maxrss is this workload's peak."""
-    import torch
-
     from dpt_repro.config import BaseConfig, ClassifierConfig
     from dpt_repro.data.shards import iter_split, load_split, split_count
     from dpt_repro.metrics import fid

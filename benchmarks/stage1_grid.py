@@ -18,7 +18,6 @@ import time
 from dataclasses import replace
 
 import numpy as np
-import torch
 
 from dpt_repro.config import load_config, paths
 from dpt_repro.data.shards import load_split
