@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -38,6 +39,8 @@ def main() -> int:
     ap.add_argument("-S", "--set", action="append", default=[], help="section.key=value override")
     ap.add_argument("--tag", default="default", help="profile name recorded in every row")
     ap.add_argument("--out", default="reports/stage1_grid.json")
+    ap.add_argument("--checkpoint-dir", type=Path, default=None,
+                    help="keep a resumable checkpoint per run here (long runs: rerun the same command to resume)")
     args = ap.parse_args()
 
     configure_logging()
@@ -56,8 +59,10 @@ def main() -> int:
             data = classifier_data(images, labels, {"labelled": lab.tolist(), "validation": val.tolist()})
             validate_batch_sizes(c, data, "stage1")
             start = time.perf_counter()
+            name = f"{algorithm}-lpc{per_class}-seed{seed}"
+            checkpoint = args.checkpoint_dir / f"{name}.pt" if args.checkpoint_dir else None
             result = train_classifier(c, data, num_classes=cfg.base.num_classes, seed=seed, stream=1,
-                                      device=device, description=f"{algorithm} lpc{per_class} seed{seed}")
+                                      device=device, checkpoint=checkpoint, description=name)
             model = build_classifier(c, images.shape[3], cfg.base.num_classes, images.shape[1])
             model.load_state_dict(result.state_dict)
             top1 = accuracy(model.to(device), test_x, test_y, 1000, device)
