@@ -5,7 +5,9 @@ a finished stage 1 (the pseudo-label stage's parquet), samples `sample.images_pe
 EMA weights as the sample stage does, and scores them with the evaluate stage's FID network and resize against the
 statistics of all train images. A wall-clock budget stops training at the last checkpoint written before it ran
 out (every `stage2.checkpoint_every` steps), so a run on a shared or slower machine still ends with a number; the
-result names the steps that were trained. The generated images are saved, so the FID can be recomputed anywhere.
+result names the steps that were trained; `--resume` continues such a run from its checkpoint (the budget then
+counts that call's training), so a long profile can be trained over several calls. The generated images are
+saved, so the FID can be recomputed anywhere.
 
     python benchmarks/stage2_long.py --pseudo-labels data/pseudo_labels/lpc5-seed0/pseudo_labels.parquet \\
         -S base.device=cuda -S eval.fid_precision=bfloat16 --budget-s 300 --out reports/stage2_long
@@ -49,6 +51,8 @@ def main() -> int:
     ap.add_argument("--pseudo-labels", required=True, help="the pseudo-label stage's parquet (index, pseudo_label)")
     ap.add_argument("--budget-s", type=float, default=float("inf"), help="wall-clock seconds of training (the training FID included)")
     ap.add_argument("--ref-images", type=int, default=0, help="reference train images (0: all of them)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from the checkpoint a budget-stopped run left in --out (training spread over calls)")
     ap.add_argument("-S", "--set", action="append", default=[], help="section.key=value override")
     ap.add_argument("--out", default="reports/stage2_long")
     args = ap.parse_args()
@@ -67,7 +71,9 @@ def main() -> int:
             raise OutOfTime(step)
 
     checkpoint = out / "checkpoint.pt"
-    checkpoint.unlink(missing_ok=True)  # a fresh run: the budget measures this run's training alone
+    if not args.resume:
+        checkpoint.unlink(missing_ok=True)  # a fresh run: the budget measures this run's training alone
+    first_step = int(load_checkpoint(checkpoint)["step"]) if checkpoint.is_file() else 0
     t0 = time.perf_counter()
     stop_at = t0 + args.budget_s
     try:
@@ -80,7 +86,7 @@ def main() -> int:
             raise SystemExit(f"the budget of {args.budget_s} s ran out before the first checkpoint")
         ema_unet, steps = ema_unet_from_checkpoint(checkpoint, c, images.shape[1:], k)
         fid_curve = list(load_checkpoint(checkpoint).get("fid_curve", []))
-        rate = steps * c.batch_size / (time.perf_counter() - t0)  # evaluations included: a lower bound
+        rate = (steps - first_step) * c.batch_size / (time.perf_counter() - t0)  # evaluations included: a lower bound
     train_s = time.perf_counter() - t0
 
     ema_unet = ema_unet.to(device)
@@ -104,7 +110,8 @@ def main() -> int:
     row = {
         "fid": fid.frechet_distance(gen_mu, gen_sigma, ref_mu, ref_sigma),
         "kid": fid.kid(gen_kept, ref_kept, cfg.eval.kid_subset_size),
-        "steps_trained": steps, "steps_planned": c.steps, "train_seconds": round(train_s, 1),
+        "steps_trained": steps, "steps_planned": c.steps, "resumed_from_step": first_step,
+        "train_seconds": round(train_s, 1),
         "train_images_per_second": round(rate, 1), "sample_seconds": round(sample_s, 1),
         "pseudo_labels": args.pseudo_labels, "pseudo_label_accuracy": float((labels == true_labels).mean()),
         "fid_protocol": fid.protocol(cfg.eval.fid_resize, len(generated), "train split", n_ref,
@@ -113,7 +120,8 @@ def main() -> int:
         "hardware": hardware(device), "torch": torch.__version__, "command": " ".join(sys.argv),
     }
     write_json(out / "result.json", row)
-    checkpoint.unlink(missing_ok=True)
+    if steps == c.steps:
+        checkpoint.unlink(missing_ok=True)
     print(f"FID {row['fid']:.2f} (KID {row['kid']:.4f}) of {len(generated)} guided samples against {n_ref} train "
           f"images, after {steps} of {c.steps} steps ({train_s:.0f} s of training), {row['hardware']}")
     return 0
