@@ -8,7 +8,8 @@ from dpt_repro.errors import UserError
 from dpt_repro.runtime import generator
 from dpt_repro.ssl.algorithms import ALGORITHMS, build_algorithm
 from dpt_repro.ssl.backbones import build_backbone
-from dpt_repro.ssl.train import ClassifierData, train_classifier, validate_batch_sizes
+from dpt_repro.ssl.train import (ClassifierData, normalize, recalibrate_batchnorm, to_float, train_classifier,
+                                 validate_batch_sizes)
 
 
 def logits_for(classes, confidence):
@@ -88,9 +89,10 @@ def test_batch_larger_than_labelled_set_is_refused(toy_images):
         validate_batch_sizes(ClassifierConfig(batch_size=64), tiny_data(toy_images), "stage1")
 
 
-def test_training_learns_and_a_killed_run_resumes_to_the_same_weights(toy_images, tmp_path):
+@pytest.mark.parametrize("bn_images", [0, 40])
+def test_training_learns_and_a_killed_run_resumes_to_the_same_weights(toy_images, tmp_path, bn_images):
     cfg = ClassifierConfig(algorithm="fixmatch", steps=30, batch_size=10, mu=2, eval_every=10, checkpoint_every=10,
-                           ema_decay=0.9, lr=0.05)
+                           ema_decay=0.9, lr=0.05, bn_recalibration_images=bn_images)
     data = tiny_data(toy_images)
     kw = dict(num_classes=10, seed=0, stream=1, device=torch.device("cpu"))
     full = train_classifier(cfg, data, **kw)
@@ -110,6 +112,24 @@ def test_training_learns_and_a_killed_run_resumes_to_the_same_weights(toy_images
     assert resumed.best_step == full.best_step and resumed.best_val_acc == full.best_val_acc
     for k, v in full.state_dict.items():
         assert torch.equal(v, resumed.state_dict[k]), k
+
+
+def test_batchnorm_recalibration_gives_the_statistics_of_the_ema_weights(toy_images):
+    images = toy_images[0]
+    model = build_backbone("cnn", 1, 10, 28)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first_norm = model.body[0][1]
+    first_norm.running_mean.fill_(5.0)  # stale statistics, as copied from a newer live model
+    recalibrate_batchnorm(model, images, 64, 16, generator(0, 1), torch.device("cpu"))
+
+    idx = np.sort(torch.randperm(len(images), generator=generator(0, 1))[:64].numpy())
+    with torch.no_grad():
+        conv = model.body[0][0](normalize(to_float(images[idx])))
+    torch.testing.assert_close(first_norm.running_mean, conv.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not model.training and first_norm.momentum == 0.1  # PyTorch's default, put back
+    for k, v in model.state_dict().items():
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(v, before[k]), k
 
 
 def test_stage3_mix_sets_the_generated_share_of_each_labelled_batch():

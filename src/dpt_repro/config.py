@@ -68,6 +68,7 @@ class ClassifierConfig:
     eval_every: int = 250
     checkpoint_every: int = 500
     eval_batch_size: int = 1000
+    bn_recalibration_images: int = 0  # >0: EMA BatchNorm statistics recomputed on this many images per evaluation
 
 
 @dataclass
@@ -320,6 +321,8 @@ def validate(cfg: Config) -> None:
         _check(c.mu >= 1, f"{name}.mu must be at least 1, got {c.mu}")
         _check(0.0 < c.threshold < 1.0, f"{name}.threshold must be in (0, 1), got {c.threshold}")
         _check(0.0 <= c.ema_decay < 1.0, f"{name}.ema_decay must be in [0, 1), got {c.ema_decay}")
+        _check(c.bn_recalibration_images >= 0,
+               f"{name}.bn_recalibration_images must be 0 or more, got {c.bn_recalibration_images}")
         _check(c.lr > 0, f"{name}.lr must be positive, got {c.lr}")
         for key in ("eval_every", "checkpoint_every", "eval_batch_size"):
             _check(getattr(c, key) >= 1, f"{name}.{key} must be at least 1, got {getattr(c, key)}")
