@@ -140,8 +140,8 @@ def recalibrate_batchnorm(model: nn.Module, images: np.ndarray, n: int, batch_si
     """Recompute the BatchNorm statistics of `model` (the EMA) on `n` unaugmented images drawn with `g`.
 
     The EMA copies the live model's statistics, which belong to weights up to 1/(1 - decay) steps newer; in a
-    run only a few times that long (EMA 0.999 over 4,000 steps) the mismatch costs the EMA several points
-    (Wu and Johnson 2021, "Rethinking 'Batch' in BatchNorm", recompute them for EMA models).
+    run only a few times that long (EMA 0.999 over 4,000 steps) the mismatch costs the EMA several points.
+    Wu and Johnson 2021 ("Rethinking 'Batch' in BatchNorm") recommend recomputing them for EMA models.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or n <= 0 or len(images) == 0:
