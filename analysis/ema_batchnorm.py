@@ -16,13 +16,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from dpt_repro.config import load_config, paths
 from dpt_repro.data.shards import load_split
 from dpt_repro.io import load_checkpoint
 from dpt_repro.runtime import generator, setup
 from dpt_repro.ssl.train import accuracy, build_classifier, recalibrate_batchnorm
+from dpt_repro.stages.classifier import classifier_data
 from dpt_repro.stages.split import draw_split
 
 
@@ -45,17 +44,17 @@ def main() -> int:
         if not match:
             raise SystemExit(f"{path}: expected a name <algorithm>-lpc<N>-seed<S>.pt")
         algorithm, lpc, seed = match[1], int(match[2]), int(match[3])
-        _, val = draw_split(labels, k, lpc, cfg.base.val_per_class, seed)
-        unlabelled = images[np.setdiff1d(np.arange(len(images)), val)]
+        lab, val = draw_split(labels, k, lpc, cfg.base.val_per_class, seed)
+        data = classifier_data(images, labels, {"labelled": lab.tolist(), "validation": val.tolist()})
         state = load_checkpoint(path)
         model = build_classifier(replace(cfg.stage1, algorithm=algorithm), images.shape[3], k,
                                  images.shape[1]).to(device)
         row = []
         for key in ("model", "ema"):
             model.load_state_dict(state[key])
-            row.append(accuracy(model, images[val], labels[val], bs, device))
-        recalibrate_batchnorm(model, unlabelled, args.images, bs, generator(seed, 0), device)
-        row.append(accuracy(model, images[val], labels[val], bs, device))
+            row.append(accuracy(model, data.val_x, data.val_y, bs, device))
+        recalibrate_batchnorm(model, data.unlabelled_x, args.images, bs, generator(seed, 0), device)
+        row.append(accuracy(model, data.val_x, data.val_y, bs, device))
         print(f"| {path.stem} | {int(state['step'])} | " + " | ".join(f"{a:.3f}" for a in row) + " |", flush=True)
     return 0
 
