@@ -4,6 +4,8 @@ copied from the live model, as FixMatch does) and the EMA with its own statistic
 Reads the resumable checkpoints that `benchmarks/stage1_grid.py --checkpoint-dir` keeps, named
 `<algorithm>-lpc<N>-seed<S>.pt`, rebuilds each run's validation split from the params file and prints a
 Markdown table. It shows how much a short run's EMA loses to statistics that belong to newer weights.
+`--per-class` adds a second table: the validation recall of each class for the EMA with its own statistics,
+which shows which classes a run's remaining errors sit in.
 
     python analysis/ema_batchnorm.py --params params.yaml ckpt/freematch-lpc2-seed0.pt ckpt/fixmatch-lpc2-seed0.pt
 """
@@ -17,10 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from dpt_repro.config import load_config, paths
-from dpt_repro.data.shards import load_split
+from dpt_repro.data.shards import load_manifest, load_split
 from dpt_repro.io import load_checkpoint
 from dpt_repro.runtime import generator, setup
-from dpt_repro.ssl.train import accuracy, build_classifier, recalibrate_batchnorm
+from dpt_repro.ssl.train import accuracy, build_classifier, predict_proba, recalibrate_batchnorm
 from dpt_repro.stages.classifier import classifier_data
 from dpt_repro.stages.split import draw_split
 
@@ -30,6 +32,7 @@ def main() -> int:
     ap.add_argument("checkpoints", nargs="+", type=Path)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--images", type=int, default=5000, help="unlabelled images for the recomputed statistics")
+    ap.add_argument("--per-class", action="store_true", help="also print each class's validation recall")
     ap.add_argument("-S", "--set", action="append", default=[], help="section.key=value override")
     args = ap.parse_args()
 
@@ -37,6 +40,7 @@ def main() -> int:
     device = setup(cfg.base)
     images, labels = load_split(paths(cfg).prepared, "train")
     k, bs = cfg.base.num_classes, cfg.stage1.eval_batch_size
+    recalls = {}
     print(f"| run | step | live model | EMA, statistics copied | EMA, statistics recomputed ({args.images} images) |")
     print("| --- | --- | --- | --- | --- |")
     for path in args.checkpoints:
@@ -54,8 +58,16 @@ def main() -> int:
             model.load_state_dict(state[key])
             row.append(accuracy(model, data.val_x, data.val_y, bs, device))
         recalibrate_batchnorm(model, data.unlabelled_x, args.images, bs, generator(seed, 0), device)
-        row.append(accuracy(model, data.val_x, data.val_y, bs, device))
+        correct = predict_proba(model, data.val_x, bs, device).argmax(1) == data.val_y
+        row.append(float(correct.mean()))
+        recalls[path.stem] = [float(correct[data.val_y == c].mean()) for c in range(k)]
         print(f"| {path.stem} | {int(state['step'])} | " + " | ".join(f"{a:.3f}" for a in row) + " |", flush=True)
+    if args.per_class:
+        names = load_manifest(paths(cfg).prepared)["class_names"]
+        print("\n| run (validation recall, EMA with recomputed statistics) | " + " | ".join(names) + " |")
+        print("| --- " * (k + 1) + "|")
+        for run, recall in recalls.items():
+            print(f"| {run} | " + " | ".join(f"{r:.2f}" for r in recall) + " |")
     return 0
 
 
