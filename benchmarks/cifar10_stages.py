@@ -85,8 +85,7 @@ def main() -> None:
 
     c2 = replace(cfg.stage2, steps=args.steps, fid_every=0, checkpoint_every=10 ** 9)
     out = train_diffusion(c2, images, labels, num_classes=10, seed=0, device=device)
-    precision = c2.mixed_precision if cuda else "fp32"  # the trainer autocasts and compiles on CUDA only
-    rows.append((f"stage2: DDPM UNet, batch {c2.batch_size}, {precision}, compile {c2.compile and cuda}",
+    rows.append((f"stage2: DDPM UNet, batch {c2.batch_size}, {out.precision}, compile {c2.compile and cuda}",
                  out.images_per_second, full.stage2.steps * full.stage2.batch_size))
 
     s = cfg.sample

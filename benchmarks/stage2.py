@@ -4,6 +4,7 @@
   it (a DataLoader over the images, `DDPMScheduler.add_noise`, MSE, AdamW with diffusers' cosine warm-up
   schedule, `EMAModel`, autocast when mixed precision is on, as `accelerate` does) against our
   `train_diffusion`, on the same UNet profile, batch, precision and device; ours also with `torch.compile` on CUDA.
+  Where bf16 runs (CUDA, a CPU with native bf16) the example loop also runs in fp32: the precision lever alone.
 - sampling: our guided DPM-Solver++ sampler against DDPM ancestral sampling (1,000 steps, as `DDPMPipeline`)
   and against a plain diffusers DPM-Solver++ loop with classifier-free guidance (as diffusers' class-conditional
   pipelines write it, float32).
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 
 from dpt_repro.config import BaseConfig, DiffusionConfig
 from dpt_repro.diffusion.sample import class_plan, guided_sample, image_generators, initial_noise
-from dpt_repro.diffusion.train import autocast, make_scheduler, to_model_space, train_diffusion
+from dpt_repro.diffusion.train import autocast, make_scheduler, precision, to_model_space, train_diffusion
 from dpt_repro.diffusion.unet import build_unet
 from dpt_repro.io import write_json
 from dpt_repro.metrics import fid
@@ -158,8 +159,9 @@ def sampling_rows(cfg: DiffusionConfig, args, device: torch.device) -> list[dict
     ours_rate = timed_images(lambda: ours(n), n, device)
     plain_rate = timed_images(lambda: peer(n, args.sample_steps), n, device)
     ddpm_rate = timed_images(lambda: peer(n_ddpm, None), n_ddpm, device)
+    used = precision(device, cfg.mixed_precision)
     return [
-        {"task": f"sampling, DPM-Solver++ {args.sample_steps} steps + CFG", "peer": "plain diffusers loop (fp32)",
+        {"task": f"sampling, DPM-Solver++ {args.sample_steps} steps + CFG ({used})", "peer": "plain diffusers loop (fp32)",
          "peer_img_s": plain_rate, "ours_img_s": ours_rate},
         {"task": f"sampling, ours vs DDPM ancestral 1000 steps + CFG ({n_ddpm} images)",
          "peer": "DDPM ancestral", "peer_img_s": ddpm_rate, "ours_img_s": ours_rate},
@@ -220,7 +222,8 @@ def main() -> int:
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=40, help="training steps per loop (the first 10%% not timed)")
-    ap.add_argument("--precision", default="bf16", help="training and sampling autocast on CUDA: bf16 | no")
+    ap.add_argument("--precision", default="bf16",
+                    help="training and sampling autocast (CUDA, CPUs with native bf16): bf16 | no")
     ap.add_argument("--compile", action="store_true", help="also time our trainer with torch.compile (CUDA)")
     ap.add_argument("--sample-images", type=int, default=100)
     ap.add_argument("--sample-batch", type=int, default=100)
@@ -243,19 +246,22 @@ def main() -> int:
     images = rng.integers(0, 256, size=(4096, args.size, args.size, args.channels), dtype=np.uint8)
     labels = rng.integers(0, NUM_CLASSES, size=len(images))
     rows = []
+    used = precision(device, args.precision)  # bf16 on CUDA and on CPUs with native bf16, else fp32
+    print(f"UNet precision: {used}", flush=True)
     if "train" in args.only:
-        peers = {"diffusers example loop": peer_training(cfg, images, labels, device, warmup, False)}
+        fp32 = replace(cfg, mixed_precision="no")
+        peers = {f"diffusers example loop ({used})": peer_training(cfg, images, labels, device, warmup, False)}
+        if used != "fp32":  # the precision lever alone: the example loop as it runs without mixed precision
+            peers["diffusers example loop (fp32)"] = peer_training(fp32, images, labels, device, warmup, False)
         if device.type == "cpu":
-            peers["example loop + flush-denormal"] = peer_training(cfg, images, labels, device, warmup, True)
+            peers["example loop + flush-denormal (fp32)"] = peer_training(fp32, images, labels, device, warmup, True)
         variants = [("ours", cfg)] + ([("ours + torch.compile", replace(cfg, compile=True))]
                                       if args.compile and device.type == "cuda" else [])
-        precision = args.precision if device.type == "cuda" else "fp32"  # autocast is CUDA-only here
         for name, c in variants:
             ours = train_diffusion(c, images, labels, num_classes=NUM_CLASSES, seed=0, device=device)
             for peer_name, peer in peers.items():
-                rows.append({"task": f"training {args.profile} B={args.batch} ({name}, {precision})",
-                             "peer": f"{peer_name} ({precision})", "peer_img_s": peer,
-                             "ours_img_s": ours.images_per_second})
+                rows.append({"task": f"training {args.profile} B={args.batch} ({name}, {used})",
+                             "peer": peer_name, "peer_img_s": peer, "ours_img_s": ours.images_per_second})
     if "sample" in args.only:
         rows += sampling_rows(cfg, args, device)
     if "fid" in args.only:

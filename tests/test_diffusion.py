@@ -6,7 +6,8 @@ import torch
 
 from dpt_repro.config import DiffusionConfig
 from dpt_repro.diffusion.sample import class_plan, guided_sample, image_seed
-from dpt_repro.diffusion.train import ema_unet_from_checkpoint, train_diffusion
+from dpt_repro.diffusion import train
+from dpt_repro.diffusion.train import cpu_has_native_bf16, ema_unet_from_checkpoint, train_diffusion
 from dpt_repro.diffusion.unet import build_unet
 from dpt_repro.errors import UserError
 
@@ -50,6 +51,34 @@ def test_sampler_shape_determinism_and_guidance(toy_images):
     assert not np.array_equal(a, other)
     with pytest.raises(UserError, match="guidance_scale must be at least 0"):
         guided_sample(unet, sched, labels, seeds, guidance_scale=-1.0, **kw)
+
+
+def test_bf16_autocast_runs_only_where_the_hardware_computes_bf16(monkeypatch):
+    def matmul_dtype(mixed_precision: str) -> torch.dtype:
+        with train.autocast(CPU, mixed_precision):
+            return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+
+    assert train.precision(torch.device("cuda"), "bf16") == "bf16"
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)  # emulated bf16 is slower than fp32
+    assert train.precision(CPU, "bf16") == "fp32" and matmul_dtype("bf16") == torch.float32
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    assert train.precision(CPU, "bf16") == "bf16" and matmul_dtype("bf16") == torch.bfloat16
+    assert train.precision(CPU, "no") == "fp32" and matmul_dtype("no") == torch.float32
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_bf16_sampling_on_this_cpu_is_deterministic_and_regenerates_an_image_alone():
+    torch.manual_seed(0)
+    unet = build_unet("small28", 28, 1, 10).eval()
+    sched = dict(train.make_scheduler(DiffusionConfig()).config)
+    labels = torch.tensor([0, 1, 2, 3])
+    seeds = [image_seed(0, c, 0) for c in range(4)]
+    kw = dict(steps=3, null_class=10, device=CPU, guidance_scale=1.5)
+    a = guided_sample(unet, sched, labels, seeds, mixed_precision="bf16", **kw)
+    assert np.array_equal(a, guided_sample(unet, sched, labels, seeds, mixed_precision="bf16", **kw))
+    alone = guided_sample(unet, sched, labels[1:2], seeds[1:2], mixed_precision="bf16", **kw)
+    assert np.abs(alone[0].astype(int) - a[1].astype(int)).max() <= 1
+    assert not np.array_equal(a, guided_sample(unet, sched, labels, seeds, mixed_precision="no", **kw))
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])

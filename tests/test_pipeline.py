@@ -107,6 +107,12 @@ def test_metrics_are_computed(smoke_repo):
         assert (repo / "reports" / "gates" / name / "index.html").is_file()
     manifest = json.loads((repo / "data" / "generated" / "lpc1-seed0" / "manifest.json").read_text())
     assert manifest["count"] == 80 and (repo / "reports" / "lpc1-seed0" / "samples.png").is_file()
+    import torch
+
+    from dpt_repro.diffusion.train import precision
+
+    training = json.loads((repo / "models" / "stage2" / "lpc1-seed0" / "training.json").read_text())
+    assert training["precision"] == manifest["precision"] == precision(torch.device("cpu"), "bf16")
 
 
 def test_mlflow_holds_one_pipeline_run_with_a_child_per_stage(smoke_repo):

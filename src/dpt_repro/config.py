@@ -116,7 +116,7 @@ class DiffusionConfig:
     checkpoint_every: int = 500
     fid_every: int = 0          # guided FID of the EMA weights every N steps (0: off), for the FID-vs-steps plot
     fid_images: int = 200       # generated and reference images of that FID (small: a trend, not the result)
-    mixed_precision: str = "bf16"  # bf16 | no: bf16 autocast on CUDA (CPU always trains in float32)
+    mixed_precision: str = "bf16"  # bf16 | no: bf16 autocast on CUDA and on CPUs with native bf16, else float32
     compile: bool = False       # torch.compile the UNet on CUDA
 
 

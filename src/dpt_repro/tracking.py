@@ -163,6 +163,9 @@ class StageRun:
         clean = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
         self._call("metrics", lambda: self._mlflow.log_metrics(clean, step=step))
 
+    def tags(self, values: dict[str, str]) -> None:
+        self._call("tags", lambda: self._mlflow.set_tags(values))
+
     def artifact(self, path: Path | str, folder: str | None = None) -> None:
         self._call(f"artifact {path}", lambda: self._mlflow.log_artifact(str(path), artifact_path=folder))
 

@@ -59,8 +59,8 @@ def guided_sample(unet, scheduler_config: dict, labels: torch.Tensor, seeds: lis
                   steps: int, null_class: int, device: torch.device, scheduler: str = "dpmsolver++",
                   mixed_precision: str = "no", decode: Callable[[torch.Tensor], np.ndarray] | None = None
                   ) -> np.ndarray:
-    """Sample one batch; returns uint8 images [N, H, W, C]. `mixed_precision="bf16"` autocasts on CUDA;
-    `decode` turns latents into images (latent diffusion, `diffusion/latent.py`)."""
+    """Sample one batch; returns uint8 images [N, H, W, C]. `mixed_precision="bf16"` autocasts where
+    `train.precision` says bf16 runs natively; `decode` turns latents into images (`diffusion/latent.py`)."""
     from dpt_repro.diffusion.train import autocast
 
     if guidance_scale < 0:

@@ -20,6 +20,7 @@ import torch
 from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.diffusion.sample import class_plan, describe, sample_all_ranks
+from dpt_repro.diffusion.train import precision
 from dpt_repro.errors import UserError
 from dpt_repro.io import atomic_dir, atomic_path, read_json, read_npz, write_json, write_npz
 from dpt_repro.runtime import Progress, setup
@@ -83,8 +84,10 @@ def run(cfg: Config, params_file: Path) -> dict:
     unet.to(device)
     k = cfg.base.num_classes
     labels, index, seeds = class_plan(k, s.images_per_class, cfg.base.seed)
-    fp = hashlib.sha256(json.dumps({"sample": asdict(s), "seed": cfg.base.seed, "model": training["fingerprint"]},
-                                   sort_keys=True).encode()).hexdigest()[:16]
+    mixed_precision = training["stage2"].get("mixed_precision", "no")
+    identity = {"sample": asdict(s), "seed": cfg.base.seed, "model": training["fingerprint"],
+                "precision": precision(device, mixed_precision)}  # shards of another precision are not reused
+    fp = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     work = Path("checkpoints") / "sample" / cfg.run_key / fp
     if distributed.is_main():
         work.mkdir(parents=True, exist_ok=True)
@@ -104,7 +107,7 @@ def run(cfg: Config, params_file: Path) -> dict:
                 image_shape=(cfg.base.image_size, cfg.base.image_size, cfg.base.channels),
                 on_batch=lambda n: bar.update(n * distributed.world_size()), guidance_scale=s.guidance_scale,
                 steps=s.steps, null_class=training["null_class"], device=device, scheduler=s.scheduler,
-                mixed_precision=training["stage2"].get("mixed_precision", "no"), decode=decode)
+                mixed_precision=mixed_precision, decode=decode)
             if distributed.is_main():
                 write_npz(work / name, images=shard_images, labels=labels[start:end],
                           index=index[start:end], seeds=seeds[start:end])
@@ -115,6 +118,7 @@ def run(cfg: Config, params_file: Path) -> dict:
         manifest = {"shards": names, "count": int(len(labels)), "images_per_class": s.images_per_class,
                     "guidance_scale": s.guidance_scale, "guidance_convention": "uncond + w * (cond - uncond)",
                     "sampler": describe(s.scheduler, s.steps), "weights": "unet_ema",
+                    "precision": precision(device, mixed_precision),
                     "seed_rule": "SeedSequence([base.seed, class, index])", "fingerprint": fp}
         with atomic_dir(p.generated) as tmp:
             for name in names:

@@ -112,6 +112,7 @@ def run(cfg: Config, params_file: Path) -> dict:
                                                "num_classes": cfg.base.num_classes,
                                                "null_class": cfg.base.num_classes, "weights_for_sampling": "unet_ema",
                                                "autoencoder": c.autoencoder or None,
+                                               "precision": result.precision,
                                                "resumed_from": result.resumed_from})
             write_csv(tmp / "train_curve.csv", result.curve)
         write_csv(p.plots / "stage2" / "train_curve.csv", result.curve)
@@ -120,6 +121,7 @@ def run(cfg: Config, params_file: Path) -> dict:
         metrics = {"final_loss": result.curve[-1]["loss"], "images_per_second": round(result.images_per_second, 1),
                    "parameters": sum(q.numel() for q in result.unet.parameters())}
         run.metrics(metrics)
+        run.tags({"stage2.precision": result.precision})
         run.generator_model(p.stage2, (cfg.base.image_size, cfg.base.image_size, cfg.base.channels), seed=cfg.base.seed,
                             guidance_scale=cfg.sample.guidance_scale, steps=cfg.sample.steps,
                             scheduler=cfg.sample.scheduler)
