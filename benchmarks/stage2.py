@@ -161,8 +161,8 @@ def sampling_rows(cfg: DiffusionConfig, args, device: torch.device) -> list[dict
     ddpm_rate = timed_images(lambda: peer(n_ddpm, None), n_ddpm, device)
     used = precision(device, cfg.mixed_precision)
     return [
-        {"task": f"sampling, DPM-Solver++ {args.sample_steps} steps + CFG ({used})", "peer": "plain diffusers loop (fp32)",
-         "peer_img_s": plain_rate, "ours_img_s": ours_rate},
+        {"task": f"sampling, DPM-Solver++ {args.sample_steps} steps + CFG ({used})",
+         "peer": "plain diffusers loop (fp32)", "peer_img_s": plain_rate, "ours_img_s": ours_rate},
         {"task": f"sampling, ours vs DDPM ancestral 1000 steps + CFG ({n_ddpm} images)",
          "peer": "DDPM ancestral", "peer_img_s": ddpm_rate, "ours_img_s": ours_rate},
     ]

@@ -111,7 +111,7 @@ def test_metrics_are_computed(smoke_repo):
 
     from dpt_repro.diffusion.train import precision
 
-    training = json.loads((repo / "models" / "stage2" / "lpc1-seed0" / "training.json").read_text())
+    training = json.loads((repo / "models" / "stage2" / KEY / "training.json").read_text())
     assert training["precision"] == manifest["precision"] == precision(torch.device("cpu"), "bf16")
 
 
@@ -133,6 +133,8 @@ def test_mlflow_holds_one_pipeline_run_with_a_child_per_stage(smoke_repo):
     assert "val_acc" in by_stage["stage1"].data.metrics
     history = client.get_metric_history(by_stage["stage2"].info.run_id, "loss")
     assert len(history) > 5
+    training = json.loads((repo / "models" / "stage2" / KEY / "training.json").read_text())
+    assert by_stage["stage2"].data.tags["stage2.precision"] == training["precision"]
     assert all(r.data.tags["labels_per_class"] == "1" for r in children)
 
 

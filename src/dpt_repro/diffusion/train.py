@@ -79,7 +79,7 @@ def cpu_has_native_bf16() -> bool:
 
 def precision(device: torch.device, mixed_precision: str) -> str:
     """The precision the UNet really runs in: "bf16" (autocast; weights, optimiser and loss stay float32) on
-    CUDA and on CPUs with native bf16 (1.5-1.8x faster training and sampling on an AVX512-BF16 CPU, measured
+    CUDA and on CPUs with native bf16 (1.4-1.8x faster training and sampling on an AVX512-BF16 CPU, measured
     by benchmarks/stage2.py), else "fp32". Recorded with every run, since it changes the numbers."""
     native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
     return "bf16" if mixed_precision == "bf16" and native else "fp32"
