@@ -45,6 +45,12 @@ def load_generator(model_dir: Path, device=None):
     return unet, scheduler_config, training, decode
 
 
+def sampling_precision(training: dict) -> str:
+    """The generator's `mixed_precision`, as it trained: the sample stage and the MLflow model both sample with it,
+    so the logged model reproduces the generated shards."""
+    return training["stage2"].get("mixed_precision", "no")
+
+
 def check_generator(cfg: Config, model_dir: Path, unet, training: dict, decode) -> None:
     """Refuse a generator trained for another dataset shape before sampling anything."""
     b = cfg.base
@@ -84,7 +90,7 @@ def run(cfg: Config, params_file: Path) -> dict:
     unet.to(device)
     k = cfg.base.num_classes
     labels, index, seeds = class_plan(k, s.images_per_class, cfg.base.seed)
-    mixed_precision = training["stage2"].get("mixed_precision", "no")
+    mixed_precision = sampling_precision(training)
     identity = {"sample": asdict(s), "seed": cfg.base.seed, "model": training["fingerprint"],
                 "precision": precision(device, mixed_precision)}  # shards of another precision are not reused
     fp = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
