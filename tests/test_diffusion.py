@@ -7,9 +7,10 @@ import torch
 from dpt_repro.config import DiffusionConfig
 from dpt_repro.diffusion.sample import class_plan, guided_sample, image_seed
 from dpt_repro.diffusion import train
-from dpt_repro.diffusion.train import cpu_has_native_bf16, ema_unet_from_checkpoint, train_diffusion
+from dpt_repro.diffusion.train import ema_unet_from_checkpoint, train_diffusion
 from dpt_repro.diffusion.unet import build_unet
 from dpt_repro.errors import UserError
+from dpt_repro.runtime import cpu_has_native_bf16, cpu_model, hardware
 
 CPU = torch.device("cpu")
 
@@ -64,6 +65,13 @@ def test_bf16_autocast_runs_only_where_the_hardware_computes_bf16(monkeypatch):
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
     assert train.precision(CPU, "bf16") == "bf16" and matmul_dtype("bf16") == torch.bfloat16
     assert train.precision(CPU, "no") == "fp32" and matmul_dtype("no") == torch.float32
+
+
+def test_hardware_names_the_cpu_model_and_whether_it_computes_bf16():
+    text = hardware(CPU)
+    assert text.endswith(f"{torch.get_num_threads()} threads")
+    assert ("native bf16" in text) == cpu_has_native_bf16()
+    assert not cpu_model() or text.startswith(cpu_model())
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")

@@ -56,14 +56,38 @@ def setup(base: BaseConfig):
 
 
 def hardware(device) -> str:
-    """The device in words, recorded with results: a GPU's name, or the CPU and its thread count."""
+    """The device in words, recorded with results: a GPU's name, or the CPU's model, whether it computes bf16
+    (which sets stage 2's precision) and the thread count. Two 2-core CPUs can be a factor 2 apart."""
     import platform
 
     import torch
 
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    model = cpu_model() or f"{platform.machine()} CPU"
+    bf16 = ", native bf16" if cpu_has_native_bf16() else ""
+    return f"{model}{bf16}, {torch.get_num_threads()} threads"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). Elsewhere oneDNN emulates bf16 and an
+    autocast step is slower than float32, so stage 2's `precision` falls back to float32 there."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def cpu_model() -> str:
+    """The CPU's model name as Linux reports it ("" elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def generator(seed: int, *stream: int):

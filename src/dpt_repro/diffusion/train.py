@@ -32,7 +32,7 @@ from dpt_repro.config import DiffusionConfig
 from dpt_repro.diffusion.unet import build_unet
 from dpt_repro.errors import UserError
 from dpt_repro.io import load_checkpoint, save_checkpoint
-from dpt_repro.runtime import Progress, generator
+from dpt_repro.runtime import Progress, cpu_has_native_bf16, generator
 
 log = logging.getLogger("dpt_repro")
 
@@ -68,13 +68,6 @@ def fingerprint(cfg: DiffusionConfig, seed: int, labels: np.ndarray, n_images: i
     h = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     h.update(np.ascontiguousarray(labels).tobytes())
     return h.hexdigest()[:16]
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). Elsewhere oneDNN emulates bf16 and an
-    autocast step is slower than float32, so `precision` falls back to float32 there."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def precision(device: torch.device, mixed_precision: str) -> str:
