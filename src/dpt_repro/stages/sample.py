@@ -91,8 +91,9 @@ def run(cfg: Config, params_file: Path) -> dict:
     k = cfg.base.num_classes
     labels, index, seeds = class_plan(k, s.images_per_class, cfg.base.seed)
     mixed_precision = sampling_precision(training)
+    used_precision = precision(device, mixed_precision)  # "bf16" or "fp32" on this device
     identity = {"sample": asdict(s), "seed": cfg.base.seed, "model": training["fingerprint"],
-                "precision": precision(device, mixed_precision)}  # shards of another precision are not reused
+                "precision": used_precision}  # shards of another precision are not reused
     fp = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     work = Path("checkpoints") / "sample" / cfg.run_key / fp
     if distributed.is_main():
@@ -124,7 +125,7 @@ def run(cfg: Config, params_file: Path) -> dict:
         manifest = {"shards": names, "count": int(len(labels)), "images_per_class": s.images_per_class,
                     "guidance_scale": s.guidance_scale, "guidance_convention": "uncond + w * (cond - uncond)",
                     "sampler": describe(s.scheduler, s.steps), "weights": "unet_ema",
-                    "precision": precision(device, mixed_precision),
+                    "precision": used_precision,
                     "seed_rule": "SeedSequence([base.seed, class, index])", "fingerprint": fp}
         with atomic_dir(p.generated) as tmp:
             for name in names:
