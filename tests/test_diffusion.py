@@ -54,6 +54,27 @@ def test_sampler_shape_determinism_and_guidance(toy_images):
         guided_sample(unet, sched, labels, seeds, guidance_scale=-1.0, **kw)
 
 
+def test_no_guidance_and_unconditional_sampling_run_one_pass_with_the_same_images():
+    """w = 1 (conditional) and w = 0 (unconditional) skip the other pass; their images are those of the two-pass
+    formula at a scale next to them."""
+    torch.manual_seed(0)
+    unet = build_unet("small28", 28, 1, 10).eval()
+    batches = []
+    unet.register_forward_pre_hook(lambda module, args: batches.append(len(args[0])))
+    sched = dict(train.make_scheduler(DiffusionConfig()).config)
+    labels, seeds = torch.tensor([0, 1, 2]), [image_seed(0, c, 0) for c in range(3)]
+    kw = dict(steps=3, null_class=10, device=CPU)
+    for w in (1.0, 0.0):
+        batches.clear()
+        one = guided_sample(unet, sched, labels, seeds, guidance_scale=w, **kw)
+        assert batches == [3, 3, 3]
+        two = guided_sample(unet, sched, labels, seeds, guidance_scale=w + 1e-6, **kw)
+        assert batches[3:] == [6, 6, 6]
+        assert np.abs(one.astype(int) - two.astype(int)).max() <= 1
+    conditional = guided_sample(unet, sched, labels, seeds, guidance_scale=1.0, **kw)
+    assert not np.array_equal(conditional, guided_sample(unet, sched, labels, seeds, guidance_scale=0.0, **kw))
+
+
 def test_bf16_autocast_runs_only_where_the_hardware_computes_bf16(monkeypatch):
     def matmul_dtype(mixed_precision: str) -> torch.dtype:
         with train.autocast(CPU, mixed_precision):
