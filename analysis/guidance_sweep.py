@@ -8,9 +8,12 @@ generator was trained on (its own estimate of the data distribution), and scores
 stage's FID network against the same train images. Image `i` of class `c` has the same seed in every setting, so
 the settings differ only in what they set. The reference statistics are computed once and cached in `--out`.
 
-    python analysis/guidance_sweep.py --checkpoint /tmp/s2cpu/checkpoint.pt \\
+    python analysis/guidance_sweep.py --checkpoint reports/stage2_long_cpu/checkpoint.pt \\
         --pseudo-labels data/pseudo_labels/lpc5-seed0/pseudo_labels.parquet -S stage2.profile=small28 \\
-        -S stage2.batch_size=64 --guidance 1.0 1.25 1.5 2.0 --images 2000 --ref-images 10000 --out /tmp/sweep
+        -S stage2.steps=30000 -S stage2.batch_size=64 -S stage2.checkpoint_every=500 -S stage2.fid_every=0 \\
+        --guidance 0.5 0.75 1.0 1.25 1.5 2.0 --images 2000 --ref-images 10000 --out reports/guidance_sweep
+
+(the `-S` settings of the training run: `stage2.profile` builds the UNet the EMA weights are loaded into).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ def plan(counts: np.ndarray, base_seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reference_statistics(cfg, extractor, n_ref: int, cache: Path):
+    """Statistics of `n_ref` train images (the evaluate stage's subset), from `cache` when an earlier call left them."""
     if cache.is_file():
         z = np.load(cache)
         return z["mu"], z["sigma"], z["kept"]
@@ -89,8 +93,8 @@ def main() -> int:
     pseudo = np.bincount(read_pseudo_labels(Path(args.pseudo_labels), n_train), minlength=k)
 
     extractor = fid.FeatureExtractor(device, cfg.eval.fid_resize, cfg.eval.fid_precision)
-    ref_mu, ref_sigma, ref_kept = reference_statistics(cfg, extractor, args.ref_images,
-                                                       out / f"reference-{args.ref_images}.npz")
+    cache = out / f"reference-{args.ref_images}-{cfg.eval.fid_resize}-{cfg.eval.fid_precision}.npz"
+    ref_mu, ref_sigma, ref_kept = reference_statistics(cfg, extractor, args.ref_images, cache)
     rows = []
     for prior in args.priors:
         counts = class_counts(args.images, np.ones(k) if prior == "uniform" else pseudo.astype(float))
