@@ -6,8 +6,9 @@ EMA weights as the sample stage does, and scores them with the evaluate stage's 
 statistics of all train images. A wall-clock budget stops training at the last checkpoint written before it ran
 out (every `stage2.checkpoint_every` steps), so a run on a shared or slower machine still ends with a number; the
 result names the steps that were trained; `--resume` continues such a run from its checkpoint (the budget then
-counts that call's training), so a long profile can be trained over several calls. The generated images are
-saved, so the FID can be recomputed anywhere.
+counts that call's training), so a long profile can be trained over several calls. `--stop-at-step N` stops at
+step N's checkpoint instead, whatever the machine's speed, and keeps that checkpoint (for
+`analysis/guidance_sweep.py`). The generated images are saved, so the FID can be recomputed anywhere.
 
     python benchmarks/stage2_long.py --pseudo-labels data/pseudo_labels/lpc5-seed0/pseudo_labels.parquet \\
         -S base.device=cuda -S eval.fid_precision=bfloat16 --budget-s 300 --out reports/stage2_long
@@ -35,8 +36,8 @@ from dpt_repro.stages.fid_reference import reference_indices
 from dpt_repro.stages.stage2 import read_pseudo_labels, training_fid
 
 
-class OutOfTime(Exception):
-    """Raised from the trainer's log callback once the budget is spent."""
+class StopTraining(Exception):
+    """Raised from the trainer's log callback once the budget is spent or the stop step is passed."""
 
 
 def profile_config(params: str, profile: str, overrides: list[str]):
@@ -51,6 +52,8 @@ def main() -> int:
     ap.add_argument("--pseudo-labels", required=True, help="the pseudo-label stage's parquet (index, pseudo_label)")
     ap.add_argument("--budget-s", type=float, default=float("inf"), help="wall-clock seconds of training (the training FID included)")
     ap.add_argument("--ref-images", type=int, default=0, help="reference train images (0: all of them)")
+    ap.add_argument("--stop-at-step", type=int, default=0,
+                    help="end training at this step's checkpoint (a multiple of stage2.checkpoint_every; 0: off)")
     ap.add_argument("--resume", action="store_true",
                     help="continue from the checkpoint a budget-stopped run left in --out (training spread over calls)")
     ap.add_argument("-S", "--set", action="append", default=[], help="section.key=value override")
@@ -66,9 +69,19 @@ def main() -> int:
     images, true_labels = load_split(paths(cfg).prepared, "train")
     labels = read_pseudo_labels(Path(args.pseudo_labels), len(images))
 
+    stop_step = args.stop_at_step
+    if stop_step and (stop_step % c.checkpoint_every or stop_step >= c.steps
+                      or max(1, c.steps // 200) >= c.checkpoint_every):
+        print(f"error: --stop-at-step {stop_step} must be a multiple of stage2.checkpoint_every "
+              f"({c.checkpoint_every}) below stage2.steps ({c.steps}), with a log step (steps / 200) shorter than "
+              f"checkpoint_every", file=sys.stderr)
+        return 2
+
     def on_log(step: int, row: dict) -> None:
-        if time.perf_counter() > stop_at:
-            raise OutOfTime(step)
+        # The trainer logs step s before it saves checkpoint s + 1: at the first log past the stop step (and
+        # before the next checkpoint), the last checkpoint is the stop step's.
+        if time.perf_counter() > stop_at or (stop_step and step > stop_step):
+            raise StopTraining(step)
 
     checkpoint = out / "checkpoint.pt"
     if not args.resume:
@@ -81,10 +94,12 @@ def main() -> int:
                                  checkpoint=checkpoint, on_log=on_log,
                                  on_eval=training_fid(cfg, device, None) if c.fid_every else None)
         ema_unet, steps, fid_curve, rate = result.ema_unet, c.steps, result.fid_curve, result.images_per_second
-    except OutOfTime:
+    except StopTraining:
         if not checkpoint.is_file():
             raise SystemExit(f"the budget of {args.budget_s} s ran out before the first checkpoint")
         ema_unet, steps = ema_unet_from_checkpoint(checkpoint, c, images.shape[1:], k)
+        if stop_step and steps != stop_step:
+            raise SystemExit(f"the checkpoint in {out} is at step {steps}, not --stop-at-step {stop_step}")
         fid_curve = list(load_checkpoint(checkpoint).get("fid_curve", []))
         rate = (steps - first_step) * c.batch_size / (time.perf_counter() - t0)  # evaluations included: a lower bound
     train_s = time.perf_counter() - t0
