@@ -66,9 +66,6 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     k, c, s = cfg.base.num_classes, cfg.stage2, cfg.sample
-    images, true_labels = load_split(paths(cfg).prepared, "train")
-    labels = read_pseudo_labels(Path(args.pseudo_labels), len(images))
-
     stop_step = args.stop_at_step
     if stop_step and (stop_step % c.checkpoint_every or stop_step >= c.steps
                       or max(1, c.steps // 200) >= c.checkpoint_every):
@@ -76,6 +73,9 @@ def main() -> int:
               f"({c.checkpoint_every}) below stage2.steps ({c.steps}), with a log step (steps / 200) shorter than "
               f"checkpoint_every", file=sys.stderr)
         return 2
+
+    images, true_labels = load_split(paths(cfg).prepared, "train")
+    labels = read_pseudo_labels(Path(args.pseudo_labels), len(images))
 
     def on_log(step: int, row: dict) -> None:
         # The trainer logs step s before it saves checkpoint s + 1: at the first log past the stop step (and
