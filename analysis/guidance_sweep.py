@@ -35,7 +35,7 @@ from dpt_repro.data.shards import select, split_count
 from dpt_repro.diffusion.sample import image_seed, sample_all_ranks
 from dpt_repro.diffusion.train import ema_unet_from_checkpoint, make_scheduler
 from dpt_repro.errors import UserError
-from dpt_repro.io import file_sha256, read_npz, write_json
+from dpt_repro.io import file_sha256, read_npz, write_json, write_npz
 from dpt_repro.metrics import fid
 from dpt_repro.runtime import configure_logging, hardware, setup
 from dpt_repro.stages.fid_reference import reference_indices
@@ -60,13 +60,13 @@ def plan(counts: np.ndarray, base_seed: int) -> tuple[np.ndarray, np.ndarray]:
 def reference_statistics(cfg, extractor, n_ref: int, cache: Path):
     """Statistics of `n_ref` train images (the evaluate stage's subset), from `cache` when an earlier call left them."""
     if cache.is_file():
-        z = np.load(cache)
+        z = read_npz(cache, "cached reference statistics")
         return z["mu"], z["sigma"], z["kept"]
     folder = paths(cfg).prepared
     images, _ = select(folder, "train", reference_indices(split_count(folder, "train"), n_ref))
     mu, sigma, kept = fid.stream_statistics(iter([images]), n_ref, extractor, batch_size=cfg.eval.batch_size,
                                             description="train statistics")
-    save_npz(cache, mu=mu, sigma=sigma, kept=kept)
+    write_npz(cache, mu=mu, sigma=sigma, kept=kept)
     return mu, sigma, kept
 
 
@@ -80,12 +80,6 @@ def stage_reference(cfg, path: Path):
         raise UserError(f"FID reference {path} was computed with resize/precision {used}, but eval asks for "
                         f"{(cfg.eval.fid_resize, cfg.eval.fid_precision)}")
     return ref["mu"], ref["sigma"], ref["features"].astype(np.float64), int(meta["n"])
-
-
-def save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.rename(path)
 
 
 def main() -> int:
@@ -138,7 +132,7 @@ def main() -> int:
             cache = out / f"generated-{prior}-w{w:g}-{s.scheduler}-{s.steps}steps-{digest}.npz"
             t0 = time.perf_counter()
             if cache.is_file():
-                z = np.load(cache)
+                z = read_npz(cache, "cached statistics of generated images")
                 mu, sigma, kept = z["mu"], z["sigma"], z["kept"]
             else:
                 images = sample_all_ranks(unet, dict(make_scheduler(c).config), labels, seeds,
@@ -147,7 +141,7 @@ def main() -> int:
                                           mixed_precision=c.mixed_precision)
                 mu, sigma, kept = fid.stream_statistics(iter([images]), len(images), extractor,
                                                         batch_size=cfg.eval.batch_size)
-                save_npz(cache, mu=mu, sigma=sigma, kept=kept, key=np.array(json.dumps(key)))
+                write_npz(cache, mu=mu, sigma=sigma, kept=kept, key=np.array(json.dumps(key)))
             row = {"prior": prior, "guidance_scale": w, "fid": fid.frechet_distance(mu, sigma, ref_mu, ref_sigma),
                    "kid": fid.kid(kept, ref_kept, cfg.eval.kid_subset_size), "seconds": round(time.perf_counter() - t0)}
             rows.append(row)
