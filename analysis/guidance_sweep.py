@@ -130,8 +130,8 @@ def main() -> int:
                    "mixed_precision": c.mixed_precision}
             digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
             cache = out / f"generated-{prior}-w{w:g}-{s.scheduler}-{s.steps}steps-{digest}.npz"
-            t0 = time.perf_counter()
-            if cache.is_file():
+            t0, cached = time.perf_counter(), cache.is_file()  # a cached row's seconds are not its sampling time
+            if cached:
                 z = read_npz(cache, "cached statistics of generated images")
                 mu, sigma, kept = z["mu"], z["sigma"], z["kept"]
             else:
@@ -143,7 +143,8 @@ def main() -> int:
                                                         batch_size=cfg.eval.batch_size)
                 write_npz(cache, mu=mu, sigma=sigma, kept=kept, key=np.array(json.dumps(key)))
             row = {"prior": prior, "guidance_scale": w, "fid": fid.frechet_distance(mu, sigma, ref_mu, ref_sigma),
-                   "kid": fid.kid(kept, ref_kept, cfg.eval.kid_subset_size), "seconds": round(time.perf_counter() - t0)}
+                   "kid": fid.kid(kept, ref_kept, cfg.eval.kid_subset_size),
+                   "seconds": round(time.perf_counter() - t0), "from_cache": cached}
             rows.append(row)
             print(f"prior {prior:8s} w {w:5.2f}  FID {row['fid']:7.2f}  KID {row['kid']:.4f}", flush=True)
     write_json(out / "sweep.json", {
