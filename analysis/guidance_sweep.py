@@ -73,12 +73,7 @@ def reference_statistics(cfg, extractor, n_ref: int, cache: Path):
 def stage_reference(cfg, path: Path):
     """Statistics of a `dpt-repro fid-reference` output (e.g. all 60,000 train images), checked against the
     protocol the generated images are scored with, and how many images it holds."""
-    ref = read_npz(path, "FID reference statistics")
-    meta = json.loads(str(ref["meta"]))
-    used = (meta.get("resize"), meta.get("precision", "float32"))
-    if used != (cfg.eval.fid_resize, cfg.eval.fid_precision):
-        raise UserError(f"FID reference {path} was computed with resize/precision {used}, but eval asks for "
-                        f"{(cfg.eval.fid_resize, cfg.eval.fid_precision)}")
+    ref, meta = fid.load_reference(path, cfg.eval.fid_resize, cfg.eval.fid_precision)
     return ref["mu"], ref["sigma"], ref["features"].astype(np.float64), int(meta["n"])
 
 

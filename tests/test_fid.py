@@ -1,8 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from dpt_repro.errors import UserError
+from dpt_repro.io import write_npz
 from dpt_repro.metrics import fid
 
 
@@ -102,3 +105,16 @@ def test_the_two_resize_protocols_give_different_features_and_the_protocol_recor
         fid.FeatureExtractor(torch.device("cpu"), precision="bfloat16")
     with pytest.raises(UserError, match="'bilinear'"):
         fid.FeatureExtractor(torch.device("cpu"), resize="bilinear")
+
+
+def test_a_reference_of_another_resize_or_precision_is_refused_naming_both(tmp_path):
+    path = tmp_path / "ref.npz"
+    meta = {"split": "train", "n": 3, "resize": "clean", "precision": "bfloat16"}
+    write_npz(path, mu=np.zeros(2), sigma=np.eye(2), features=np.zeros((3, 2), np.float32),
+              meta=np.array(json.dumps(meta)))
+    ref, got = fid.load_reference(path, "clean", "bfloat16")
+    assert got == meta and ref["features"].shape == (3, 2)
+    with pytest.raises(UserError, match=r"\('clean', 'bfloat16'\).*\('clean', 'float32'\)"):
+        fid.load_reference(path, "clean", "float32")
+    with pytest.raises(UserError, match="legacy_tensorflow"):
+        fid.load_reference(path, "legacy_tensorflow", "bfloat16")

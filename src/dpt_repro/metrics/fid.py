@@ -17,6 +17,7 @@ Greyscale is repeated to RGB. The Fréchet distance uses an eigendecomposition i
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Iterable
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from dpt_repro import distributed
 from dpt_repro.errors import UserError
-from dpt_repro.io import file_sha256
+from dpt_repro.io import file_sha256, read_npz
 from dpt_repro.runtime import Progress
 
 WEIGHTS_FILE = "default_1.pt"
@@ -65,6 +66,18 @@ def protocol(resize: str, n_images: int, reference: str, n_reference: int, preci
     return {"network": NETWORK, "weights_sha256": WEIGHTS_SHA256, "resize": resize,
             "resize_impl": RESIZE_PROTOCOLS[resize], "precision": precision, "n_generated": n_images,
             "reference": reference, "n_reference": n_reference, "tool": "dpt-repro fid (clean-fid 0.1.35 API)"}
+
+
+def load_reference(path: Path, resize: str, precision: str) -> tuple[dict[str, np.ndarray], dict]:
+    """A `dpt-repro fid-reference` output and its metadata, refused when it was computed with another resize or
+    precision than the generated images will be: their Fréchet distance would measure the protocol gap."""
+    ref = read_npz(path, "FID reference statistics")
+    meta = json.loads(str(ref["meta"]))
+    used = (meta.get("resize"), meta.get("precision", "float32"))
+    if used != (resize, precision):
+        raise UserError(f"FID reference {path} was computed with resize/precision {used}, but eval asks for "
+                        f"{(resize, precision)}; rerun fid-reference")
+    return ref, meta
 
 
 def resize_clean(x):

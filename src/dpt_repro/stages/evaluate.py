@@ -6,7 +6,6 @@ Every FID is written with its protocol beside it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,7 @@ import numpy as np
 from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import iter_generated, iter_split, load_generated_manifest, load_manifest
-from dpt_repro.errors import UserError
-from dpt_repro.io import read_npz, read_parquet, write_json
+from dpt_repro.io import read_parquet, write_json
 from dpt_repro.metrics import fid
 from dpt_repro.metrics.classification import plot_confusion, summary
 from dpt_repro.runtime import hardware, setup
@@ -44,12 +42,7 @@ def run(cfg: Config, params_file: Path) -> dict:
     manifest = load_generated_manifest(p.generated)
     per_class = min(e.fid_images_per_class or manifest["images_per_class"], manifest["images_per_class"])
     n_generated = per_class * k
-    ref = read_npz(p.fid_ref, "FID reference statistics")
-    ref_meta = json.loads(str(ref["meta"]))
-    used = (ref_meta.get("resize"), ref_meta.get("precision", "float32"))
-    if used != (e.fid_resize, e.fid_precision):
-        raise UserError(f"FID reference {p.fid_ref} was computed with resize/precision {used}, but eval asks for "
-                        f"{(e.fid_resize, e.fid_precision)}; rerun fid-reference")
+    ref, ref_meta = fid.load_reference(p.fid_ref, e.fid_resize, e.fid_precision)
     extractor = fid.FeatureExtractor(device, e.fid_resize, e.fid_precision)
     mu, sigma, gen_feats = fid.stream_statistics((x for x, _ in iter_generated(p.generated, per_class)), n_generated,
                                                  extractor, batch_size=e.batch_size, description="fid generated")
