@@ -20,6 +20,10 @@ from dpt_repro.errors import UserError
 
 DATASETS = ("fashion-mnist", "cifar10", "imagefolder", "npz")
 DEVICES = ("auto", "cpu", "cuda")
+# What an augmentation's shift, rotation or shear brings in from outside the image (grid_sample's modes):
+# "reflection" is FixMatch's pad-and-crop on CIFAR; "zeros" is black, the background of Fashion-MNIST and
+# MNIST, where a reflected border mirrors a sleeve or a strap into the picture.
+PADDINGS = ("reflection", "zeros", "border")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 FID_RESIZES = ("clean", "legacy_tensorflow")
 GENERATOR_LABELS = ("pseudo", "oracle", "labelled")
@@ -69,6 +73,7 @@ class ClassifierConfig:
     checkpoint_every: int = 500
     eval_batch_size: int = 1000
     bn_recalibration_images: int = 0  # >0: EMA BatchNorm statistics recomputed on this many images per evaluation
+    padding: str = "reflection"       # what augmentations shift in from outside the image: reflection | zeros | border
 
 
 @dataclass
@@ -313,13 +318,15 @@ def validate(cfg: Config) -> None:
     _check(b.channels in (1, 3), f"base.channels must be 1 or 3, got {b.channels}")
     _check(b.image_size >= 8, f"base.image_size must be at least 8, got {b.image_size}")
     _check(b.seed >= 0, f"base.seed must be non-negative, got {b.seed}")
-    _check(0.0 < cfg.prepare.test_fraction < 1.0, f"prepare.test_fraction must be in (0, 1), got {cfg.prepare.test_fraction}")
+    _check(0.0 < cfg.prepare.test_fraction < 1.0,
+           f"prepare.test_fraction must be in (0, 1), got {cfg.prepare.test_fraction}")
     for name in ("stage1", "stage3"):
         c: ClassifierConfig = getattr(cfg, name)
         _check(c.steps >= 1, f"{name}.steps must be at least 1, got {c.steps}")
         _check(c.batch_size >= 1, f"{name}.batch_size must be at least 1, got {c.batch_size}")
         _check(c.mu >= 1, f"{name}.mu must be at least 1, got {c.mu}")
         _check(0.0 < c.threshold < 1.0, f"{name}.threshold must be in (0, 1), got {c.threshold}")
+        _check(c.padding in PADDINGS, f"{name}.padding: unknown {c.padding!r} (valid: {', '.join(PADDINGS)})")
         _check(0.0 <= c.ema_decay < 1.0, f"{name}.ema_decay must be in [0, 1), got {c.ema_decay}")
         _check(c.bn_recalibration_images >= 0,
                f"{name}.bn_recalibration_images must be 0 or more, got {c.bn_recalibration_images}")

@@ -28,9 +28,9 @@ def _sign(n: int, g: torch.Generator) -> torch.Tensor:
     return torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
 
 
-def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def _affine(x: torch.Tensor, theta: torch.Tensor, padding: str) -> torch.Tensor:
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
 
 def _flip_translate(n: int, size: int, g: torch.Generator, flip: bool, pad: float) -> torch.Tensor:
@@ -45,9 +45,10 @@ def _flip_translate(n: int, size: int, g: torch.Generator, flip: bool, pad: floa
     return theta
 
 
-def weak(x: torch.Tensor, g: torch.Generator, flip: bool = True, pad: float = 0.125) -> torch.Tensor:
+def weak(x: torch.Tensor, g: torch.Generator, flip: bool = True, pad: float = 0.125,
+         padding: str = "reflection") -> torch.Tensor:
     """Flip and pad-and-crop (the FixMatch weak view)."""
-    return _affine(x, _flip_translate(len(x), x.shape[-1], g, flip, pad))
+    return _affine(x, _flip_translate(len(x), x.shape[-1], g, flip, pad), padding)
 
 
 def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -147,14 +148,15 @@ def cutout(x: torch.Tensor, g: torch.Generator, max_frac: float = 0.5, fill: flo
     return torch.where(hole.unsqueeze(1), torch.full_like(x, fill), x)
 
 
-def strong(x: torch.Tensor, g: torch.Generator, num_ops: int = 2, flip: bool = True) -> torch.Tensor:
+def strong(x: torch.Tensor, g: torch.Generator, num_ops: int = 2, flip: bool = True,
+           padding: str = "reflection") -> torch.Tensor:
     """Weak view, then RandAugment (num_ops random ops per image, random magnitude), then cutout."""
     n, size = len(x), x.shape[-1]
     ops = torch.randint(0, len(OPS), (n, num_ops), generator=g)
     base = _flip_translate(n, size, g, flip, 0.125)
     base3 = torch.cat([base, torch.tensor([0.0, 0.0, 1.0]).expand(n, 1, 3)], 1)
     theta = (_geometric_theta(ops, size, g) @ base3)[:, :2]
-    x = _affine(x, theta)
+    x = _affine(x, theta, padding)
     for k, name in enumerate(COLOUR, start=len(GEOMETRIC)):
         on = (ops == k).any(1)
         if not on.any():

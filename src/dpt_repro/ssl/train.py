@@ -215,10 +215,10 @@ def train_classifier(cfg: ClassifierConfig, data: ClassifierData, *, num_classes
             for group in opt.param_groups:
                 group["lr"] = lr
             idx_l = labelled_batch(data, b, g).to(device)
-            views = [augment.weak(xl[idx_l], g)]
+            views = [augment.weak(xl[idx_l], g, padding=cfg.padding)]
             if xu is not None:
                 u = xu[torch.randint(len(xu), (n_u,), generator=g).to(device)]
-                views += [augment.weak(u, g), augment.strong(u, g)]
+                views += [augment.weak(u, g, padding=cfg.padding), augment.strong(u, g, padding=cfg.padding)]
             logits = model(normalize(torch.cat(views)))
             logits_x = logits[:b]
             logits_w, logits_s = (logits[b:].chunk(2) if xu is not None else (None, None))
