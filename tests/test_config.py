@@ -40,7 +40,6 @@ def test_overrides_and_paths_follow_the_run_key():
     ("stage1:\n  threshold: 1.5\n", "stage1.threshold must be in (0, 1), got 1.5"),
     ("stage1:\n  mu: 0\n", "stage1.mu must be at least 1, got 0"),
     ("stage3:\n  padding: mirror\n", "stage3.padding: unknown 'mirror' (valid: reflection, zeros, border)"),
-    ("stage1:\n  teacher: mean\n", "stage1.teacher: unknown 'mean' (valid: live, ema)"),
     ("stage3:\n  bn_recalibration_images: -1\n", "stage3.bn_recalibration_images must be 0 or more, got -1"),
     ("sample:\n  guidance_scale: -1\n", "sample.guidance_scale must be at least 0"),
     ("sample:\n  steps: 0\n", "sample.steps must be at least 1"),

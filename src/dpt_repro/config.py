@@ -24,9 +24,6 @@ DEVICES = ("auto", "cpu", "cuda")
 # "reflection" is FixMatch's pad-and-crop on CIFAR; "zeros" is black, the background of Fashion-MNIST and
 # MNIST, where a reflected border mirrors a sleeve or a strap into the picture.
 PADDINGS = ("reflection", "zeros", "border")
-# Which weights label the weak views: "live" is FixMatch's and FreeMatch's (the model being trained); "ema" is
-# the EMA weights (mean-teacher style), steadier in a short run where the live weights move every step.
-TEACHERS = ("live", "ema")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 FID_RESIZES = ("clean", "legacy_tensorflow")
 GENERATOR_LABELS = ("pseudo", "oracle", "labelled")
@@ -77,7 +74,6 @@ class ClassifierConfig:
     eval_batch_size: int = 1000
     bn_recalibration_images: int = 0  # >0: EMA BatchNorm statistics recomputed on this many images per evaluation
     padding: str = "reflection"       # what augmentations shift in from outside the image: reflection | zeros | border
-    teacher: str = "live"             # which weights pseudo-label the weak views: live | ema
 
 
 @dataclass
@@ -331,7 +327,6 @@ def validate(cfg: Config) -> None:
         _check(c.mu >= 1, f"{name}.mu must be at least 1, got {c.mu}")
         _check(0.0 < c.threshold < 1.0, f"{name}.threshold must be in (0, 1), got {c.threshold}")
         _check(c.padding in PADDINGS, f"{name}.padding: unknown {c.padding!r} (valid: {', '.join(PADDINGS)})")
-        _check(c.teacher in TEACHERS, f"{name}.teacher: unknown {c.teacher!r} (valid: {', '.join(TEACHERS)})")
         _check(0.0 <= c.ema_decay < 1.0, f"{name}.ema_decay must be in [0, 1), got {c.ema_decay}")
         _check(c.bn_recalibration_images >= 0,
                f"{name}.bn_recalibration_images must be 0 or more, got {c.bn_recalibration_images}")

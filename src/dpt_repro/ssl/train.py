@@ -159,24 +159,6 @@ def recalibrate_batchnorm(model: nn.Module, images: np.ndarray, n: int, batch_si
     model.eval()
 
 
-@torch.no_grad()
-def teacher_logits(ema: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The EMA weights' logits on the weak views, BatchNorm on this batch's own statistics.
-
-    The EMA's running statistics are the live model's (copied every step), which do not fit weights that lag
-    ~1/(1 - decay) steps behind; the batch's statistics do. The running statistics this pass updates are
-    overwritten by the next EMA update, so evaluation is unaffected.
-    """
-    norms = [m for m in ema.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.train()
-    try:
-        return ema(x)
-    finally:
-        for m in norms:
-            m.eval()
-
-
 def validate_batch_sizes(cfg: ClassifierConfig, data: ClassifierData, section: str) -> None:
     if cfg.batch_size > len(data.labelled_x):
         raise UserError(f"{section}.batch_size {cfg.batch_size} is larger than the labelled set "
@@ -240,8 +222,6 @@ def train_classifier(cfg: ClassifierConfig, data: ClassifierData, *, num_classes
             logits = model(normalize(torch.cat(views)))
             logits_x = logits[:b]
             logits_w, logits_s = (logits[b:].chunk(2) if xu is not None else (None, None))
-            if xu is not None and cfg.teacher == "ema":
-                logits_w = teacher_logits(ema, normalize(views[1]))
             loss, stats = algo.loss(logits_x, yl[idx_l], logits_w, logits_s)
             opt.zero_grad(set_to_none=True)
             loss.backward()
