@@ -76,6 +76,23 @@ def test_stream_statistics_over_shards_matches_extract_features(net):
     assert kept.shape == (8, 2048)
 
 
+def test_one_pass_over_shards_gives_the_in_memory_features_statistics(net):
+    from dpt_repro.metrics import generation
+
+    images, labels = real_like(20, 2), np.arange(20) % 2
+    both = fid.FeatureExtractor(torch.device("cpu"), spatial=True)
+    acc = generation.SetFeatures(20, num_classes=2, pr_images=8, class_images=10)
+    out = generation.stream_features(iter([(images[:7], labels[:7]), (images[7:], labels[7:])]), 20, both, acc,
+                                     batch_size=5, description="test")
+    ref = fid.extract_features(images, net, batch_size=20)
+    np.testing.assert_allclose(out["mu"], ref.mean(0), rtol=1e-5, atol=1e-6)
+    assert fid.frechet_distance(out["mu"], out["sigma"], *fid.statistics(ref)) == pytest.approx(0.0, abs=1e-3)
+    assert out["pr_features"].shape == (8, 2048) and out["spatial_mu"].shape == (2023,)
+    fresh = generation.SetFeatures(21, num_classes=2, pr_images=8, class_images=10)
+    with pytest.raises(UserError, match="had 20 images, expected 21"):
+        generation.stream_features(iter([(images, labels)]), 21, both, fresh, batch_size=5, description="test")
+
+
 @pytest.mark.parametrize("shape", [(6, 28, 28, 1), (4, 32, 32, 3), (2, 320, 310, 3)])
 def test_clean_resize_on_tensors_equals_clean_fids_pil_resizer(shape):
     from cleanfid.resize import make_resizer

@@ -101,6 +101,17 @@ def test_metrics_are_computed(smoke_repo):
     assert m["dpt_gain"] == pytest.approx(m["top1_stage3"] - m["top1_stage1"])
     assert m["fid"] > 0
     assert m["fid_protocol"]["n_generated"] == 80 and m["fid_protocol"]["n_reference"] == 100
+    for key in ("sfid", "precision", "recall", "class_fid", "near_copy_share"):
+        assert isinstance(m[key], float) and math.isfinite(m[key]), key
+    assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and 0 <= m["near_copy_share"] <= 1
+    assert m["sfid"] > 0 and m["class_fid"] > m["fid"]  # 8 images per class: a larger small-sample bias
+    assert m["inception_score"] is None and "softmax" in m["inception_score_protocol"]["absent"]
+    assert m["precision_recall_protocol"]["k"] == 3 and m["precision_recall_protocol"]["n_generated"] == 80
+    assert m["class_fid_protocol"]["n_generated_per_class"] == [8, 8]
+    per_class = json.loads((repo / "plots" / "class_fid.json").read_text())
+    assert len(per_class) == 10 and per_class[0]["class"] == "T-shirt/top" and per_class[0]["n_generated"] == 8
+    assert np.mean([r["class_fid"] for r in per_class]) == pytest.approx(m["class_fid"])
+    assert m["near_copy_protocol"]["labelled_images"] == 10
     for name in ("prepared", "split", "pseudo_labels", "generated", "mix"):
         gate = json.loads((repo / "metrics" / "gates" / f"{name}.json").read_text())
         assert gate["success"], name
@@ -191,7 +202,8 @@ def test_dvc_plots_render_curves_fid_against_steps_and_the_confusion_matrix(smok
     repo, _ = smoke_repo
     ok(sh(["dvc", "plots", "show", "-o", "plots_html"], repo))
     html = (repo / "plots_html" / "index.html").read_text()
-    for name in ("fid_curve.csv", "stage3_test_predictions.csv", "stage1/train_curve.csv", "confusion_stage3.png"):
+    for name in ("fid_curve.csv", "stage3_test_predictions.csv", "stage1/train_curve.csv", "confusion_stage3.png",
+                 "class_fid.json"):
         assert name in html, name
     fid_rows = (repo / "plots" / "stage2" / "fid_curve.csv").read_text().splitlines()
     assert fid_rows[0] == "step,fid" and [r.split(",")[0] for r in fid_rows[1:]] == ["15", "30"]

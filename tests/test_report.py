@@ -11,7 +11,9 @@ def row(lpc, seed, gain, **variant):
     base.update(variant)
     return {"experiment": f"exp-{lpc}-{seed}", "rev": "abc1234", "data": "d41d8cd9", "hardware": "x86_64 CPU",
             "lpc": lpc, "seed": seed, **base, "top1_stage1": 0.6, "top1_stage3": 0.6 + gain, "dpt_gain": gain,
-            "fid": 30.0 + seed, "pseudo_label_accuracy": 0.7, "generated_agreement": 0.9 + seed / 100}
+            "fid": 30.0 + seed, "pseudo_label_accuracy": 0.7, "generated_agreement": 0.9 + seed / 100,
+            "kid": 0.01, "sfid": 20.0 + seed, "inception_score": None, "precision": 0.6, "recall": 0.5 + seed / 10,
+            "class_fid": 40.0, "near_copy_share": 0.1}
 
 
 def test_dvc_columns_are_found_with_or_without_their_file_prefix():
@@ -37,7 +39,9 @@ def test_seeds_form_one_group_and_the_gain_is_tested_against_zero():
     assert report.significance([0.01]) == "n/a (1 seed)"
     text = report.markdown(rows, groups, [], "dpt-repro report")
     assert "| 2.50 ± 0.50 |" in text  # the lpc-1 gain in points, mean ± std
-    assert "| 31.00 ± 1.00 | 70.0 ± 0.0 | 91.0 ± 1.0 |" in text  # FID, pseudo-label accuracy, stage-1 agreement
+    # FID, KID, sFID, IS (absent), precision, recall, class FID, near-copies, pseudo-label accuracy, agreement
+    assert ("| 31.00 ± 1.00 | 0.0100 ± 0.0000 | 21.00 ± 1.00 | – | 0.600 ± 0.000 | 0.600 ± 0.100 | 40.00 ± 0.00 | "
+            "10.0 ± 0.0 | 70.0 ± 0.0 | 91.0 ± 1.0 |") in text
     assert "| oracle |" in text and "## The paper" in text and text.count("| exp-") == 7
 
 
@@ -68,6 +72,20 @@ def test_the_claims_section_compares_the_gain_with_retraining_alone_and_the_gene
     assert "Claim 2, 5 label(s) per class: FID of the pseudo-label generator 31.00 (seeds 0, 1, 2); oracle 27.00 " \
            "(seed 0; ratio 1.15: within 20 %); labelled-only 80.00 (seed 0; pseudo-label generator better)." in text
     assert "Claim 2, 1 label(s) per class: FID of the pseudo-label generator 31.00 (seeds 0, 1, 2); oracle" in text
+
+
+def test_claim_2_compares_the_generators_on_every_generation_metric():
+    rows = [row(5, s, 0.01) for s in range(3)]
+    rows += [dict(row(5, 0, 0.0, **{"stage2.labels": "oracle"}), fid=27.0, recall=0.7),
+             dict(row(5, 0, 0.0, **{"stage2.labels": "labelled"}), fid=20.0, recall=0.2, near_copy_share=0.53,
+                  inception_score=3.5)]
+    text = "\n".join(report.claims(report.group_rows(rows)))
+    table = text.split("Claim 2, 5 label(s) per class")[1]
+    assert "| generator | seeds | FID | KID | sFID | IS | precision | recall | class FID | near-copies % |" in table
+    assert "| pseudo-label | 0, 1, 2 | 31.00 ± 1.00 | 0.0100 ± 0.0000 | 21.00 ± 1.00 | – | 0.600 ± 0.000 | " \
+           "0.600 ± 0.100 | 40.00 ± 0.00 | 10.0 ± 0.0 |" in table
+    assert "| oracle | 0 | 27.00 | 0.0100 | 20.00 | – | 0.600 | 0.700 | 40.00 | 10.0 |" in table
+    assert "| labelled-only | 0 | 20.00 | 0.0100 | 20.00 | 3.50 | 0.600 | 0.200 | 40.00 | 53.0 |" in table
 
 
 def test_ablations_compare_each_value_on_the_seeds_every_value_ran():

@@ -109,9 +109,11 @@ def validate(gate: Annotated[str, typer.Argument(help="prepared, split, pseudo_l
 
 _stage_command("stage2", "stage2", "Train the class-conditional diffusion model on the pseudo-labels (stage 2).")
 _stage_command("sample", "sample", "Generate pseudo images per class with guided DPM-Solver++.")
-_stage_command("fid-reference", "fid_reference", "Compute Inception statistics of real images for FID/KID.")
+_stage_command("fid-reference", "fid_reference", "Compute the real images' Inception features for every generation "
+               "metric.")
 _stage_command("stage3", "stage3", "Retrain the classifier on real + generated images (stage 3).")
-_stage_command("evaluate", "evaluate", "Test top-1 of stages 1 and 3, the DPT gain, FID and KID.")
+_stage_command("evaluate", "evaluate", "Test top-1 of stages 1 and 3, the DPT gain and the generation metrics "
+               "(FID, KID, sFID, IS, precision, recall, class FID, near-copies).")
 
 
 @app.command("profile")

