@@ -11,6 +11,8 @@ def test_nearest_matches_brute_force_across_batches():
     brute = np.linalg.norm(queries.reshape(37, 1, -1) / 255.0 - keys.reshape(1, 11, -1) / 255.0, axis=-1)
     assert np.array_equal(index, brute.argmin(1))
     assert np.allclose(dist, brute.min(1), atol=1e-4)
+    empty_dist, empty_index = nearest(queries[:0], keys)
+    assert empty_dist.shape == empty_index.shape == (0,)
 
 
 def test_copies_of_the_labelled_images_are_told_apart_from_new_images():

@@ -56,6 +56,7 @@ def test_streaming_statistics_equal_the_in_memory_ones_and_keep_a_bounded_sample
     rng = np.random.default_rng(1)
     feats = rng.normal(5.0, 2.0, size=(1000, 32)) + rng.normal(size=32)
     stats = fid.StreamingStatistics(total=1000, keep=100, seed=3)
+    stats.update(feats[:0])  # an empty first batch changes nothing
     for start in range(0, 1000, 130):  # uneven batches
         stats.update(feats[start:start + 130])
     mu, sigma, kept = stats.result()

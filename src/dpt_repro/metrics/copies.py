@@ -21,7 +21,7 @@ def nearest(queries: np.ndarray, keys: np.ndarray, batch: int = 1024) -> tuple[n
     index, computed in batches of queries as |q|^2 - 2 q.k + |k|^2."""
     k = _flat(keys)
     kk = (k * k).sum(1)
-    dist, index = [], []
+    dist, index = [np.zeros(0, np.float32)], [np.zeros(0, np.int64)]  # no queries (an empty shard): empty results
     for start in range(0, len(queries), batch):
         q = _flat(queries[start:start + batch])
         d2 = (q * q).sum(1)[:, None] - 2.0 * q @ k.T + kk[None, :]

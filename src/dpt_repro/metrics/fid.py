@@ -223,6 +223,8 @@ class StreamingStatistics:
         import torch
 
         x = torch.as_tensor(features).to(self.device, torch.float64)
+        if not len(x):  # an empty shard (none of its images selected) would make the shift NaN
+            return
         if self.shift is None:
             self.shift = x.mean(0)
             self.s1, self.s2 = torch.zeros_like(self.shift), x.new_zeros((len(self.shift),) * 2)

@@ -146,15 +146,16 @@ def _squared_distances(a, b):
     return ((a * a).sum(1)[:, None] - 2.0 * a @ b.T + (b * b).sum(1)[None, :]).clamp_min_(0.0)
 
 
-def _blocks(n_rows: int, n_cols: int) -> range:
-    return range(0, n_rows, max(1, BLOCK_ELEMENTS // max(n_cols, 1)))
+def _block_rows(n_cols: int) -> int:
+    """Rows per block of a distance matrix with `n_cols` columns, so that a block holds BLOCK_ELEMENTS entries."""
+    return max(1, BLOCK_ELEMENTS // max(n_cols, 1))
 
 
 def manifold_radii(features, k: int = PR_K):
     """The squared distance of each row to its k-th nearest other row (the row itself sits at 0, index 0)."""
     import torch
 
-    step = _blocks(len(features), len(features)).step
+    step = _block_rows(len(features))
     return torch.cat([_squared_distances(features[s:s + step], features).kthvalue(k + 1, dim=1).values
                       for s in range(0, len(features), step)])
 
@@ -163,7 +164,7 @@ def _covered(queries, points, radii):
     """Per query: does it lie within the radius of some point?"""
     import torch
 
-    step = _blocks(len(queries), len(points)).step
+    step = _block_rows(len(points))
     return torch.cat([(_squared_distances(queries[s:s + step], points) <= radii[None, :]).any(1)
                       for s in range(0, len(queries), step)])
 
