@@ -20,6 +20,8 @@ def test_dvc_columns_are_found_with_or_without_their_file_prefix():
     assert report.column({"metrics/eval.json:top1_stage3": 0.7}, "top1_stage3") == 0.7
     assert report.column({"base.seed": 2}, "base.seed") == 2
     assert report.column({}, "fid") is None
+    shown = {"metrics/stage2.json:precision": "bf16", "metrics/eval.json:precision": 0.61}
+    assert report.eval_column(shown, "precision") == 0.61 and report.eval_column({"recall": 0.4}, "recall") == 0.4
 
 
 def test_dvc_placeholders_are_not_numbers_and_integral_params_are_ints():

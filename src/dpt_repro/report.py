@@ -46,6 +46,13 @@ def column(row: dict, key: str):
     return next((v for k, v in row.items() if k.endswith(":" + key)), None)
 
 
+def eval_column(row: dict, key: str):
+    """A metric of evaluate's `metrics/eval.json`, before any other file's column of that name (`precision` is also
+    a field of other stages' outputs)."""
+    prefixed = f"metrics/eval.json:{key}"
+    return row[prefixed] if prefixed in row else column(row, key)
+
+
 def number(value):
     """A value of `dvc exp show` as a number, or None for its marks of a missing ('!') or inapplicable ('-') value."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -69,7 +76,7 @@ def collect(repo: str = ".", num: int = 1) -> list[dict]:
         for key, default in VARIANT.items():
             value = column(row, key)
             out[key] = default if value is None else value if number(value) is None else number(value)
-        out.update({m: number(column(row, m)) for m in METRICS})
+        out.update({m: number(eval_column(row, m)) for m in METRICS})
         out["generated_agreement"] = generated_agreement(str(row.get("rev", "")), repo)
         rows.append(out)
     if not rows:
