@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +16,49 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACKED = ["dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", ".dvcignore", ".gitignore", "pyproject.toml"]
+KEY = "lpc1-seed0"
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "dpt-repro tests", "GIT_AUTHOR_EMAIL": "tests@dpt-repro.invalid",
+                "GIT_COMMITTER_NAME": "dpt-repro tests", "GIT_COMMITTER_EMAIL": "tests@dpt-repro.invalid"}
+
+
+def sh(args, cwd, env_extra=None, **kw):
+    env = {**os.environ, **GIT_IDENTITY, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           **(env_extra or {})}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kw)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def copy_checkout(repo: Path) -> Path:
+    """The files a pipeline run needs from this checkout (what git tracks of it), copied into `repo`."""
+    for item in TRACKED:
+        src, dst = ROOT / item, repo / item
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def smoke_repo(tmp_path_factory):
+    """The smoke profile through `dvc repro` in a temporary git copy of the repository, once per session: the
+    tests that use it leave it as they found it (the bad-input battery checks that byte for byte)."""
+    repo = copy_checkout(tmp_path_factory.mktemp("repo"))
+    sh(["git", "init", "-q"], repo, check=True)
+    for key in ("user.name", "user.email"):  # DVC experiments commit; CI machines may have no git identity
+        ok(sh(["git", "config", key, GIT_IDENTITY["GIT_AUTHOR_" + key.split(".")[1].upper()]], repo))
+    assert sh(["dpt-repro", "profile", "smoke"], repo).returncode == 0
+    ok(sh(["git", "add", "-A"], repo))
+    ok(sh(["git", "commit", "-q", "-m", "smoke profile"], repo))
+    first = sh(["dvc", "repro"], repo, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return repo, first.stdout
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,27 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TRACKED = ["dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", ".dvcignore", ".gitignore", "pyproject.toml"]
-KEY = "lpc1-seed0"
+from conftest import KEY, copy_checkout, ok, sh
+
 STAGES = ["prepare", "gate_prepared", "split", "gate_split", "stage1", "pseudo_label", "gate_pseudo_labels", "stage2",
           "sample", "fid_reference", "gate_generated", "gate_mix", "stage3", "evaluate"]
-
-
-GIT_IDENTITY = {"GIT_AUTHOR_NAME": "dpt-repro tests", "GIT_AUTHOR_EMAIL": "tests@dpt-repro.invalid",
-                "GIT_COMMITTER_NAME": "dpt-repro tests", "GIT_COMMITTER_EMAIL": "tests@dpt-repro.invalid"}
-
-
-def sh(args, cwd, env_extra=None, **kw):
-    env = {**os.environ, **GIT_IDENTITY, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           **(env_extra or {})}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kw)
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
 
 
 def dvc_outputs(repo: Path) -> list[Path]:
@@ -62,24 +43,6 @@ def store(repo: Path):
 
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     return client, client.get_experiment_by_name("dpt-repro").experiment_id
-
-
-@pytest.fixture(scope="module")
-def smoke_repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("repo")
-    for item in TRACKED:
-        src, dst = ROOT / item, repo / item
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-    sh(["git", "init", "-q"], repo, check=True)
-    for key in ("user.name", "user.email"):  # DVC experiments commit; CI machines may have no git identity
-        ok(sh(["git", "config", key, GIT_IDENTITY["GIT_AUTHOR_" + key.split(".")[1].upper()]], repo))
-    assert sh(["dpt-repro", "profile", "smoke"], repo).returncode == 0
-    ok(sh(["git", "add", "-A"], repo))
-    ok(sh(["git", "commit", "-q", "-m", "smoke profile"], repo))
-    first = sh(["dvc", "repro"], repo, timeout=900)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    return repo, first.stdout
 
 
 def test_every_stage_ran_and_a_second_repro_runs_nothing(smoke_repo):
@@ -269,11 +232,7 @@ def test_two_gloo_processes_through_torchrun_match_one_process(smoke_repo, tmp_p
     import yaml
 
     single, _ = smoke_repo
-    repo = tmp_path / "ddp"
-    for item in TRACKED:
-        src, dst = ROOT / item, repo / item
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    repo = copy_checkout(tmp_path / "ddp")
     params = yaml.safe_load((single / "params.yaml").read_text())
     params["launcher"]["nproc_per_node"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -145,6 +145,8 @@ def report(num: Annotated[int, typer.Option("--num", help="Experiments of the la
     from dpt_repro.errors import UserError
     from dpt_repro.report import write_report
 
+    if num < 1:
+        _fail(f"--num must be at least 1 (the experiments of the last N commits), got {num}", 2)
     try:
         path = write_report(out, num, " ".join(["dpt-repro report", *sys.argv[2:]]))
     except UserError as exc:

@@ -12,8 +12,9 @@ import numpy as np
 
 from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.data.shards import iter_generated, iter_split, load_generated_manifest, load_manifest
-from dpt_repro.io import read_parquet, write_json
+from dpt_repro.data.shards import (generated_count, iter_generated, iter_split, load_generated_manifest,
+                                   load_manifest)
+from dpt_repro.io import read_parquet, require_inputs, write_json
 from dpt_repro.metrics import fid
 from dpt_repro.metrics.classification import plot_confusion, summary
 from dpt_repro.runtime import hardware, setup
@@ -23,11 +24,19 @@ from dpt_repro.stages.classifier import load_classifier, write_csv
 
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
+    require_inputs(p.prepared, p.stage1, p.stage3, p.pseudo_labels, p.generated, p.fid_ref)
     e = cfg.eval
     device = setup(cfg.base)
     k = cfg.base.num_classes
+    # every input opened before the minutes of compute, so a damaged one is reported at once
     models = {stage: load_classifier(folder, f"{stage} classifier")[0].to(device)
               for stage, folder in (("stage1", p.stage1), ("stage3", p.stage3))}
+    table = read_parquet(p.pseudo_labels, "pseudo-labels", ["pseudo_label", "true_label"])
+    manifest = load_generated_manifest(p.generated)
+    per_class = min(e.fid_images_per_class or manifest["images_per_class"], manifest["images_per_class"])
+    n_generated = per_class * k
+    generated_count(p.generated, per_class)  # reads each shard's index: a damaged shard fails here
+    ref, ref_meta = fid.load_reference(p.fid_ref, e.fid_resize, e.fid_precision)
     preds: dict[str, list] = {stage: [] for stage in models}
     labels = []
     for images, shard_labels in iter_split(p.prepared, "test"):  # one shard in memory (ImageNet val is 10 GB)
@@ -38,11 +47,6 @@ def run(cfg: Config, params_file: Path) -> dict:
     preds = {stage: np.concatenate(parts) for stage, parts in preds.items()}
     results = {stage: summary(test_y, preds[stage], k) for stage in preds}
 
-    table = read_parquet(p.pseudo_labels, "pseudo-labels", ["pseudo_label", "true_label"])
-    manifest = load_generated_manifest(p.generated)
-    per_class = min(e.fid_images_per_class or manifest["images_per_class"], manifest["images_per_class"])
-    n_generated = per_class * k
-    ref, ref_meta = fid.load_reference(p.fid_ref, e.fid_resize, e.fid_precision)
     extractor = fid.FeatureExtractor(device, e.fid_resize, e.fid_precision)
     mu, sigma, gen_feats = fid.stream_statistics((x for x, _ in iter_generated(p.generated, per_class)), n_generated,
                                                  extractor, batch_size=e.batch_size, description="fid generated")
