@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,3 +50,42 @@ def cifar10_files(tmp_path):
     with open(folder / "batches.meta", "wb") as fh:
         pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)]}, fh)
     return folder.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_servers(tmp_path_factory):
+    """Start real `mlflow server`s on free loopback ports: `start(mlflow_executable=...)` gives (uri, process,
+    port) once /health answers; every server still running is stopped by its process id at the end."""
+    procs = []
+
+    def start(executable: Path | str = Path(sys.executable).parent / "mlflow") -> tuple[str, subprocess.Popen, int]:
+        store = tmp_path_factory.mktemp("server")
+        port = free_port()
+        proc = subprocess.Popen(
+            [str(executable), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+             "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=open(store / "server.log", "w"))
+        procs.append(proc)
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return uri, proc, port
+            except OSError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, (store / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
