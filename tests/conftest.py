@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -70,7 +71,8 @@ def mlflow_servers(tmp_path_factory):
         proc = subprocess.Popen(
             [str(executable), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
              "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=open(store / "server.log", "w"))
+             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=open(store / "server.log", "w"),
+            start_new_session=True)  # its own process group: MLflow 2's CLI leaves gunicorn behind on SIGTERM
         procs.append(proc)
         uri = f"http://127.0.0.1:{port}"
         deadline = time.time() + 120
@@ -85,7 +87,7 @@ def mlflow_servers(tmp_path_factory):
             time.sleep(0.5)
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+    for proc in procs:  # the server's whole process group, by its id
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
