@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +30,9 @@ GIT_IDENTITY = {"GIT_AUTHOR_NAME": "dpt-repro tests", "GIT_AUTHOR_EMAIL": "tests
 
 
 def sh(args, cwd, env_extra=None, **kw):
-    env = {**os.environ, **GIT_IDENTITY, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           **(env_extra or {})}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = {**os.environ, **GIT_IDENTITY, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the repo's own SQLite store, unless a test names a server
+    env.update(env_extra or {})
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kw)
 
 
@@ -90,3 +95,43 @@ def cifar10_files(tmp_path):
     with open(folder / "batches.meta", "wb") as fh:
         pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)]}, fh)
     return folder.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_servers(tmp_path_factory):
+    """Start real `mlflow server`s on free loopback ports: `start(mlflow_executable=...)` gives (uri, process,
+    port) once /health answers; every server still running is stopped by its process id at the end."""
+    procs = []
+
+    def start(executable: Path | str = Path(sys.executable).parent / "mlflow") -> tuple[str, subprocess.Popen, int]:
+        store = tmp_path_factory.mktemp("server")
+        port = free_port()
+        proc = subprocess.Popen(
+            [str(executable), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+             "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=open(store / "server.log", "w"),
+            start_new_session=True)  # its own process group: MLflow 2's CLI leaves gunicorn behind on SIGTERM
+        procs.append(proc)
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return uri, proc, port
+            except OSError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, (store / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+
+    yield start
+    for proc in procs:  # the server's whole process group, by its id
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)

@@ -122,8 +122,11 @@ def run(cfg: Config, params_file: Path) -> dict:
                    "parameters": sum(q.numel() for q in result.unet.parameters())}
         run.metrics(metrics)
         run.tags({"stage2.precision": result.precision})
-        run.generator_model(p.stage2, (cfg.base.image_size, cfg.base.image_size, cfg.base.channels), seed=cfg.base.seed,
-                            guidance_scale=cfg.sample.guidance_scale, steps=cfg.sample.steps,
-                            scheduler=cfg.sample.scheduler)
+        uri = run.generator_model(p.stage2, (cfg.base.image_size, cfg.base.image_size, cfg.base.channels),
+                                  seed=cfg.base.seed, guidance_scale=cfg.sample.guidance_scale, steps=cfg.sample.steps,
+                                  scheduler=cfg.sample.scheduler)
+        # The champion generator: lowest FID of the final EMA weights against train images (no test image).
+        final_fid = result.fid_curve[-1]["fid"] if result.fid_curve else None
+        run.register(uri, tracking.GENERATOR_REGISTRY_NAME, "fid_train", final_fid, cfg, higher_is_better=False)
     write_json(p.metrics / "stage2.json", metrics)
     return metrics

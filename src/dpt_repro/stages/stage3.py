@@ -55,6 +55,7 @@ def run(cfg: Config, params_file: Path) -> dict:
         metrics["generated_share_of_labelled"] = round(data.n_generated / len(data.labelled_x), 4)
         run.metrics(metrics)
         uri = run.classifier_model(p.stage3, data.val_x.shape[1:])
-        run.register_champion_candidate(uri, metrics["val_acc"], cfg)
+        run.register(uri, tracking.CLASSIFIER_REGISTRY_NAME, "val_acc", metrics["val_acc"], cfg,
+                     higher_is_better=True)
     write_json(p.metrics / "stage3.json", metrics)
     return metrics
