@@ -80,7 +80,10 @@ start:
 	  echo "queued; follow with: dvc queue status / dvc queue logs NAME -f; then: dpt-repro report"
 
 # The local store in the browser (no server process needed for logging).
+UI_HINT = in the UI, set the sidebar switch to 'Machine learning' once (or add ?workflowType=machine_learning to \
+  the URL) so that experiments open on their runs
 mlflow-ui: setup
+	@echo "MLflow UI at http://127.0.0.1:5000; $(UI_HINT)"
 	. $(BIN)/activate && mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port 5000
 
 # A tracking server on 127.0.0.1 over the same SQLite store, artifacts served from mlartifacts/; point the
@@ -88,6 +91,7 @@ mlflow-ui: setup
 MLFLOW_PORT ?= 5055
 HOST ?= 127.0.0.1
 mlflow-server: setup
+	@echo "MLflow server and UI at http://$(HOST):$(MLFLOW_PORT); $(UI_HINT)"
 	. $(BIN)/activate && mlflow server --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" \
 	  --artifacts-destination "$(CURDIR)/mlartifacts" --host $(HOST) --port $(MLFLOW_PORT) --workers 1
 

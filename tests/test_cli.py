@@ -60,10 +60,14 @@ def one_error_line(result):
 @pytest.mark.parametrize("args, needle", [
     (["split", "--labels-per-class", "0"], "base.labels_per_class must be at least 1, got 0"),
     (["split", "--labels-per-class", "-2"], "got -2"),
-    (["prepare", "-S", "base.dataset=cifar100"], "unknown dataset 'cifar100'"),
+    (["prepare", "-S", "base.dataset=cifar100"], "base.dataset: unknown 'cifar100'"),
     (["stage1", "--params", "missing.yaml"], "params file not found: missing.yaml"),
     (["stage2", "--labels-per-class", "1"], "missing input"),
-    (["sample"], "missing input: stage-2 EMA UNet"),
+    (["sample"], "missing input: stage-2 generator (models/stage2/lpc1-seed0); run `dpt-repro stage2 "
+                 "--labels-per-class 1 --seed 0` first"),
+    (["stage1", "--labels-per-class", "2"], "missing input: prepared data (data/prepared/fashion-mnist); run "
+                                            "`dpt-repro prepare` first"),
+    (["stage1", "-S", "stage1.lr=3e-4", "-S", "stage1.lr=-3e-4"], "stage1.lr must be positive, got -0.0003"),
     (["evaluate"], "missing input"),
     (["validate", "bogus"], "unknown gate 'bogus' (valid: prepared, split, pseudo_labels, generated, mix)"),
     (["validate", "pseudo_labels"], "missing input: pseudo-labels"),
@@ -75,16 +79,37 @@ def test_user_mistakes_give_one_line_and_exit_code_2(workdir, args, needle):
     assert not (workdir / "models").exists() and not (workdir / "data" / "generated").exists()
 
 
-def test_labels_above_what_a_class_has_is_refused(workdir):
+@pytest.fixture
+def tiny_prepared(workdir):
+    """A prepared dataset of 4 images per class (an .npz source); returns the options that select it."""
     images = np.zeros((40, 28, 28, 1), np.uint8)
     labels = np.repeat(np.arange(10), 4)
     np.savez(workdir / "tiny.npz", images=images, labels=labels, test_images=images, test_labels=labels)
     common = ["-S", "base.dataset=npz", "-S", "base.data_path=tiny.npz", "-S", "base.val_per_class=1"]
     assert runner.invoke(app, ["prepare", *common]).exit_code == 0
-    result = runner.invoke(app, ["split", "--labels-per-class", "4", *common])
+    return common
+
+
+def test_labels_above_what_a_class_has_is_refused(workdir, tiny_prepared):
+    result = runner.invoke(app, ["split", "--labels-per-class", "4", *tiny_prepared])
     assert result.exit_code == 2
     assert "labels_per_class 4 plus base.val_per_class 1 is above what class 0 has (4 images)" in one_error_line(result)
     assert not (workdir / "data" / "splits").exists()
+
+
+def test_a_stage_before_the_split_of_its_labels_per_class_names_the_split_and_the_command(tiny_prepared):
+    result = runner.invoke(app, ["stage1", "--labels-per-class", "2", "-S", "stage1.lr=3e-4", *tiny_prepared])
+    assert result.exit_code == 2
+    assert one_error_line(result) == ("error: missing input: split (data/splits/lpc2-seed0/split.json); run "
+                                      "`dpt-repro split --labels-per-class 2 --seed 0` first")
+
+
+def test_an_empty_params_file_is_refused_not_run_on_defaults(workdir):
+    (workdir / "empty.yaml").write_text("")
+    result = runner.invoke(app, ["split", "--params", "empty.yaml"])
+    assert result.exit_code == 2
+    assert "params file empty.yaml is empty" in one_error_line(result)
+    assert not (workdir / "data").exists()
 
 
 def test_malformed_params_file(workdir):
@@ -109,6 +134,9 @@ def test_a_corrupt_pseudo_label_table_is_reported(workdir):
     table = workdir / "data" / "pseudo_labels" / "lpc1-seed0" / "pseudo_labels.parquet"
     table.parent.mkdir(parents=True)
     table.write_bytes(b"PAR1 truncated")
+    split = workdir / "data" / "splits" / "lpc1-seed0" / "split.json"  # the gate's other input: present
+    split.parent.mkdir(parents=True)
+    split.write_text("{}")
     result = runner.invoke(app, ["validate", "pseudo_labels"])
     assert result.exit_code == 2
     assert "corrupt input: pseudo-labels" in one_error_line(result)

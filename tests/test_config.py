@@ -34,13 +34,13 @@ def test_overrides_and_paths_follow_the_run_key():
 @pytest.mark.parametrize("text, needle", [
     ("base:\n  labels_per_class: 0\n", "base.labels_per_class must be at least 1, got 0"),
     ("base:\n  labels_per_class: -3\n", "got -3"),
-    ("base:\n  dataset: cifar100\n", "unknown dataset 'cifar100'"),
+    ("base:\n  dataset: cifar100\n", "base.dataset: unknown 'cifar100'"),
     ("base:\n  seed: 'abc'\n", "'base.seed' must be int, got 'abc'"),
     ("base:\n  colour: red\n", "unknown key 'base.colour'"),
     ("stage1:\n  threshold: 1.5\n", "stage1.threshold must be in (0, 1), got 1.5"),
     ("stage1:\n  mu: 0\n", "stage1.mu must be at least 1, got 0"),
     ("stage3:\n  padding: mirror\n", "stage3.padding: unknown 'mirror' (valid: reflection, zeros, border)"),
-    ("stage3:\n  bn_recalibration_images: -1\n", "stage3.bn_recalibration_images must be 0 or more, got -1"),
+    ("stage3:\n  bn_recalibration_images: -1\n", "stage3.bn_recalibration_images must be at least 0, got -1"),
     ("sample:\n  guidance_scale: -1\n", "sample.guidance_scale must be at least 0"),
     ("sample:\n  steps: 0\n", "sample.steps must be at least 1"),
     ("base: [1, 2\n", "not valid YAML"),
@@ -96,11 +96,79 @@ def test_stage_mix_and_generator_label_source_are_checked(tmp_path):
     params.write_text("base:\n  seed: 0\n")
     assert load_config(params, ["stage3.generated_share=0"]).stage3.generated_share == 0.0
     assert load_config(params, ["stage2.labels=oracle"]).stage2.labels == "oracle"
-    with pytest.raises(UserError, match=r"stage3.generated_share must be -1 \(as in the pool\) or in \[0, 1\], got 1.5"):
+    with pytest.raises(UserError, match=r"stage3.generated_share must be in \[-1, 1\], got 1.5"):
         load_config(params, ["stage3.generated_share=1.5"])
+    with pytest.raises(UserError, match=r"stage3.generated_share must be -1 \(as in the pool\) or in \[0, 1\], got -0.5"):
+        load_config(params, ["stage3.generated_share=-0.5"])
     with pytest.raises(UserError, match="stage3.generated_share 0.5 sets the share of each labelled batch, which "
                                         "only the retrain protocol draws"):
         load_config(params, ["stage3.protocol=probe", "stage3.generated_share=0.5"])
     assert load_config(params, ["stage3.protocol=probe", "stage3.generated_share=0"]).stage3.generated_share == 0.0
     with pytest.raises(UserError, match="stage2.labels: unknown 'truth' \\(valid: pseudo, oracle, labelled\\)"):
         load_config(params, ["stage2.labels=truth"])
+
+
+@pytest.mark.parametrize("key, raw, expected", [
+    ("stage1.lr", "3e-4", 3e-4),                     # PyYAML alone: the string '3e-4'
+    ("stage2.lr", "1E-3", 1e-3),
+    ("stage1.weight_decay", "5e-4", 5e-4),
+    ("stage1.steps", "1e4", 10000),                  # an integral float for an int
+    ("sample.images_per_class", "1_000", 1000),
+    ("stage2.mixed_precision", "no", "no"),          # PyYAML alone: False
+    ("stage2.compile", "off", False),
+    ("stage1.pretrained", "yes", True),
+    ("base.seed", "017", 17),                        # PyYAML alone: octal 15
+    ("base.profile", "2026-12-03", "2026-12-03"),    # PyYAML alone: a date
+    ("base.profile", "1:30", "1:30"),                # PyYAML alone: 90 (base 60)
+])
+def test_params_values_parse_as_dvc_and_a_user_read_them(tmp_path, key, raw, expected):
+    """The same in a params file and in a `-S` override: one parser."""
+    section, name = key.split(".")
+    from_file = load_config(write(tmp_path, f"{section}:\n  {name}: {raw}\n"))
+    from_override = load_config(ROOT / "params.yaml", [f"{key}={raw}"])
+    for cfg in (from_file, from_override):
+        value = getattr(getattr(cfg, section), name)
+        assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("stage1.lr=.nan", "stage1.lr must be a finite number, got nan"),
+    ("stage2.lr=.inf", "stage2.lr must be a finite number, got inf"),
+    ("base.seed=1e30", "base.seed 1000000000000000019884624838656 does not fit in 64 bits"),
+    ("stage1.steps=2.5", "'stage1.steps' must be int, got 2.5"),
+    ("stage1.momentum=1", "stage1.momentum must be in [0, 1), got 1"),
+    ("base.profile=", "base.profile must not be empty"),
+    ("stage1.backbone=resnet", "stage1.backbone: unknown 'resnet' (valid: cnn, wrn28_2, timm:<model name>)"),
+    ("stage3.algorithm=probe", "stage3.algorithm: unknown 'probe'"),
+    ("stage2.profile=huge", "stage2.profile: unknown 'huge' (valid: small28, medium, ddpm-cifar10, latent32)"),
+    ("stage2.compile=maybe", "'stage2.compile' must be bool, got 'maybe'"),
+])
+def test_non_finite_oversized_empty_and_unknown_values_are_refused(override, needle):
+    with pytest.raises(UserError) as err:
+        load_config(ROOT / "params.yaml", [override])
+    assert needle in str(err.value)
+
+
+def test_an_empty_params_file_is_refused_and_an_explicit_empty_mapping_means_defaults(tmp_path):
+    for text in ("", "# only a comment\n"):
+        with pytest.raises(UserError, match="is empty: name a params file with sections"):
+            load_config(write(tmp_path, text))
+    assert load_config(write(tmp_path, "{}\n")).base.labels_per_class == 1
+
+
+def test_name_lists_in_config_match_the_registries():
+    from dpt_repro.config import ALGORITHMS, SAMPLERS, UNET_PROFILES
+    from dpt_repro.diffusion.sample import SCHEDULERS
+    from dpt_repro.diffusion.unet import PROFILES
+    from dpt_repro.ssl.algorithms import ALGORITHMS as REGISTRY
+
+    assert set(ALGORITHMS) == set(REGISTRY)
+    assert tuple(UNET_PROFILES) == tuple(PROFILES)
+    assert tuple(SAMPLERS) == tuple(SCHEDULERS)
+
+
+def test_the_built_in_defaults_are_the_default_profile():
+    """A params file that leaves keys out gets params.yaml's values for them, not another set of defaults."""
+    from dpt_repro.config import Config
+
+    assert load_config(ROOT / "params.yaml") == Config()

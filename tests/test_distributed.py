@@ -42,7 +42,7 @@ def test_the_launch_command_is_torchrun_standalone_on_one_node_and_c10d_across_n
     (["launcher.nproc_per_node=2", "stage2.grad_accum=3"],
      r"stage2.batch_size 64 must be divisible by 6 \(the launcher's 2 processes x stage2.grad_accum\)"),
     (["launcher.nnodes=2"], r"launcher.rdzv_endpoint must be host:port of the first node"),
-    (["launcher.nproc_per_node=0"], r"launcher.nproc_per_node must be at least 1, got 0"),
+    (["launcher.nproc_per_node=0"], r"launcher.nproc_per_node must be in \[1, 4096\], got 0"),
 ])
 def test_launcher_settings_that_cannot_split_the_batches_are_refused(overrides, message):
     with pytest.raises(UserError, match=message):

@@ -10,19 +10,14 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int) -> bool:
@@ -46,29 +41,8 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`mlflow server` on a free loopback port, stopped by its process id at the end."""
-    store = tmp_path_factory.mktemp("server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-         "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=open(store / "server.log", "w"))
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        assert proc.poll() is None and time.time() < deadline, (store / "server.log").read_text()[-3000:]
-        time.sleep(0.5)
-    yield uri, proc, port
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+def server(mlflow_servers):
+    return mlflow_servers()
 
 
 def test_a_stage_logs_to_a_real_tracking_server_which_stops_by_pid(workdir, server):
@@ -84,10 +58,21 @@ def test_a_stage_logs_to_a_real_tracking_server_which_stops_by_pid(workdir, serv
 
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("dpt-repro")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's "Machine learning" kind
     runs = {r.data.tags.get("stage"): r for r in client.search_runs([exp.experiment_id])}
     assert {"prepare", "split"} <= set(runs)
     split = runs["split"]
     assert split.data.tags["mlflow.parentRunId"] == runs["prepare"].data.tags["mlflow.parentRunId"]
+    parent = client.get_run(split.data.tags["mlflow.parentRunId"])
+    assert parent.info.run_name == "workspace lpc1-seed0" and parent.info.status == "FINISHED"
+    assert parent.data.params["base.labels_per_class"] == "1" and parent.data.params["base.profile"] == "smoke"
+    assert parent.info.start_time <= runs["prepare"].info.start_time
+    assert parent.info.end_time >= split.info.end_time  # the pipeline's span, not the 16 ms of its creation
+
+    # A stage that fails (here: stage 2 without pseudo-labels) turns the pipeline run FAILED.
+    failed = dpt(["stage2"], workdir, uri)
+    assert failed.returncode == 2 and "pseudo-labels" in failed.stderr and "Traceback" not in failed.stderr
+    assert client.get_run(parent.info.run_id).info.status == "FAILED"
     assert split.data.params["base.labels_per_class"] == "1"
     assert split.data.metrics["labelled_images"] == 10
     prepared = workdir / "data" / "prepared" / "fashion-mnist"
@@ -122,3 +107,44 @@ def test_the_packaged_server_command_binds_to_loopback_by_default():
     dry = subprocess.run(["make", "-n", "mlflow-server"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     command = dry.stdout[dry.stdout.index("mlflow server"):].replace("\\\n", " ")
     assert "--host 127.0.0.1 " in command and "--backend-store-uri" in command
+
+
+def test_an_experiment_of_another_kind_gets_one_warning_and_all_the_logs(workdir, tmp_path):
+    """An existing `dpt-repro` experiment of the GenAI kind is logged to as usual and keeps its kind."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("dpt-repro", artifact_location=(tmp_path / "artifacts").as_uri(),
+                                      tags={"mlflow.experimentKind": "genai_development"})
+    result = dpt(["split", "--labels-per-class", "3"], workdir, uri)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if "genai_development" in line]
+    assert len(warnings) == 1 and "logs to it as usual" in warnings[0], result.stderr
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "genai_development"
+    split = client.search_runs([exp_id], "tags.stage = 'split'")[0]
+    assert split.data.metrics["labelled_images"] == 30
+    assert (workdir / "data" / "splits" / "lpc3-seed0" / "split.json").is_file()
+
+
+OLD_MLFLOW = os.environ.get("DPT_OLD_MLFLOW")  # an `mlflow` executable of an older major version, e.g. 2.22.1
+
+
+@pytest.mark.skipif(not OLD_MLFLOW, reason="set DPT_OLD_MLFLOW to the mlflow executable of an MLflow 2 install")
+def test_a_server_of_an_older_major_version_gets_everything_but_the_models(workdir, mlflow_servers):
+    import mlflow
+
+    uri, _, _ = mlflow_servers(OLD_MLFLOW)
+    result = dpt(["stage1", "-S", "stage1.steps=5", "-S", "stage1.eval_every=5"], workdir, uri)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if "older major version" in line]
+    assert len(warnings) == 1 and "as plain artifacts (classifier/)" in warnings[0], result.stderr
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("dpt-repro")
+    stage1 = client.search_runs([exp.experiment_id], "tags.stage = 'stage1'")[0]
+    assert stage1.info.status == "FINISHED" and "val_acc" in stage1.data.metrics
+    assert stage1.data.params["stage1.steps"] == "5"
+    # (an MLflow 3 client lists a sub-folder through the logged-models API, which a 2.x server lacks: download)
+    weights = client.download_artifacts(stage1.info.run_id, "classifier/model.safetensors", str(workdir / "old"))
+    local = workdir / "models" / "stage1" / "lpc1-seed0" / "model.safetensors"
+    assert Path(weights).read_bytes() == local.read_bytes()

@@ -8,8 +8,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,27 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TRACKED = ["dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", ".dvcignore", ".gitignore", "pyproject.toml"]
-KEY = "lpc1-seed0"
+from conftest import KEY, copy_checkout, ok, sh
+
 STAGES = ["prepare", "gate_prepared", "split", "gate_split", "stage1", "pseudo_label", "gate_pseudo_labels", "stage2",
           "sample", "fid_reference", "gate_generated", "gate_mix", "stage3", "evaluate"]
-
-
-GIT_IDENTITY = {"GIT_AUTHOR_NAME": "dpt-repro tests", "GIT_AUTHOR_EMAIL": "tests@dpt-repro.invalid",
-                "GIT_COMMITTER_NAME": "dpt-repro tests", "GIT_COMMITTER_EMAIL": "tests@dpt-repro.invalid"}
-
-
-def sh(args, cwd, env_extra=None, **kw):
-    env = {**os.environ, **GIT_IDENTITY, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           **(env_extra or {})}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kw)
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+HEADLINE = ("top1_stage1", "top1_stage3", "dpt_gain", "fid", "kid", "pseudo_label_accuracy")
 
 
 def dvc_outputs(repo: Path) -> list[Path]:
@@ -65,21 +47,9 @@ def store(repo: Path):
 
 
 @pytest.fixture(scope="module")
-def smoke_repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("repo")
-    for item in TRACKED:
-        src, dst = ROOT / item, repo / item
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-    sh(["git", "init", "-q"], repo, check=True)
-    for key in ("user.name", "user.email"):  # DVC experiments commit; CI machines may have no git identity
-        ok(sh(["git", "config", key, GIT_IDENTITY["GIT_AUTHOR_" + key.split(".")[1].upper()]], repo))
-    assert sh(["dpt-repro", "profile", "smoke"], repo).returncode == 0
-    ok(sh(["git", "add", "-A"], repo))
-    ok(sh(["git", "commit", "-q", "-m", "smoke profile"], repo))
-    first = sh(["dvc", "repro"], repo, timeout=900)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    return repo, first.stdout
+def mlflow_server(mlflow_servers):
+    """A real `mlflow server` on loopback for the tests that log to one."""
+    return mlflow_servers()
 
 
 def test_every_stage_ran_and_a_second_repro_runs_nothing(smoke_repo):
@@ -95,7 +65,7 @@ def test_every_stage_ran_and_a_second_repro_runs_nothing(smoke_repo):
 def test_metrics_are_computed(smoke_repo):
     repo, _ = smoke_repo
     m = json.loads((repo / "metrics" / "eval.json").read_text())
-    for key in ("top1_stage1", "top1_stage3", "dpt_gain", "fid", "kid", "pseudo_label_accuracy"):
+    for key in HEADLINE:
         assert isinstance(m[key], float) and math.isfinite(m[key]), key
     assert 0 <= m["top1_stage1"] <= 1 and 0 <= m["pseudo_label_accuracy"] <= 1
     assert m["dpt_gain"] == pytest.approx(m["top1_stage3"] - m["top1_stage1"])
@@ -126,7 +96,7 @@ def test_metrics_are_computed(smoke_repo):
     assert training["precision"] == manifest["precision"] == precision(torch.device("cpu"), "bf16")
 
 
-def test_mlflow_holds_one_pipeline_run_with_a_child_per_stage(smoke_repo):
+def test_mlflow_holds_one_pipeline_run_with_a_child_per_stage(smoke_repo, tmp_path):
     import mlflow
 
     repo, _ = smoke_repo
@@ -147,6 +117,30 @@ def test_mlflow_holds_one_pipeline_run_with_a_child_per_stage(smoke_repo):
     training = json.loads((repo / "models" / "stage2" / KEY / "training.json").read_text())
     assert by_stage["stage2"].data.tags["stage2.precision"] == training["precision"]
     assert all(r.data.tags["labels_per_class"] == "1" for r in children)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    # The pipeline run is the row to compare: headline metrics, identifying params, its real span, its links.
+    (parent_id,) = parents
+    parent = client.get_run(parent_id)
+    assert parent.info.run_name == f"workspace {KEY}" and parent.info.status == "FINISHED"
+    eval_json = json.loads((repo / "metrics" / "eval.json").read_text())
+    floats = {k: v for k, v in eval_json.items() if isinstance(v, float)}
+    assert set(HEADLINE) <= set(floats)
+    assert parent.data.metrics == pytest.approx(floats)
+    assert parent.data.params["stage1.algorithm"] == "freematch" and parent.data.params["base.profile"] == "smoke"
+    assert parent.data.params["sample.images_per_class"] == "8" and parent.data.params["dvc.exp_name"] == "workspace"
+    assert parent.info.start_time <= min(r.info.start_time for r in children)
+    assert parent.info.end_time >= max(r.info.end_time for r in children)
+    assert parent.data.tags["git.commit"] == ok(sh(["git", "rev-parse", "HEAD"], repo)).strip()
+    seen = client.download_artifacts(by_stage["evaluate"].info.run_id, "lineage/dvc.lock", str(tmp_path))
+    assert parent.data.tags["dvc.lock_md5"] == hashlib.md5(Path(seen).read_bytes()).hexdigest()  # as evaluate saw it
+    assert "report.md" in parent.data.tags["report.row"]
+
+    # The generator's champion: lowest FID of the final EMA weights against train images (no test image).
+    champion = client.get_model_version_by_alias("dpt-generator", "champion")
+    fid_rows = (repo / "plots" / "stage2" / "fid_curve.csv").read_text().splitlines()
+    assert float(champion.tags["fid_train"]) == pytest.approx(float(fid_rows[-1].split(",")[1]), abs=1e-5)
+    assert champion.run_id == by_stage["stage2"].info.run_id
 
 
 def test_a_stage_runs_alone_for_another_labels_per_class(smoke_repo):
@@ -184,7 +178,9 @@ def test_lineage_datasets_are_dvc_hashes_and_models_load_back_and_predict(smoke_
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     champion = client.get_model_version_by_alias("dpt-classifier", "champion")
     assert champion.run_id == stage3.info.run_id
-    assert float(champion.tags["val_acc"]) == pytest.approx(stage3.data.metrics["val_acc"], abs=1e-6)
+    # the stage's best validation accuracy (metrics/stage3.json); the run's `val_acc` is its latest logged point
+    best = json.loads((repo / "metrics" / "stage3.json").read_text())["val_acc"]
+    assert float(champion.tags["val_acc"]) == pytest.approx(best, abs=1e-6)
     test_x, _ = load_split(repo / "data" / "prepared" / "fashion-mnist", "test")
     pred = mlflow.pyfunc.load_model("models:/dpt-classifier@champion").predict(test_x[:64])
     model, _ = load_classifier(repo / "models" / "stage3" / KEY, "stage3")
@@ -209,9 +205,12 @@ def test_dvc_plots_render_curves_fid_against_steps_and_the_confusion_matrix(smok
     assert fid_rows[0] == "step,fid" and [r.split(",")[0] for r in fid_rows[1:]] == ["15", "30"]
 
 
-def test_two_queued_experiments_run_at_once_and_both_log_completely(smoke_repo, tmp_path):
+def test_two_queued_experiments_run_at_once_and_both_log_completely(smoke_repo, mlflow_server, tmp_path):
     """`dvc exp run --queue` + `dvc queue start -j 2`: both finish, `dvc exp show` has their metrics, and one
-    MLflow store holds a complete pipeline run for each, consistent with its metrics."""
+    real MLflow server holds a complete pipeline run for each, consistent with its metrics: a search over the
+    pipeline (parent) runs alone gives the two rows to compare."""
+    import mlflow
+
     repo, _ = smoke_repo
     ok(sh(["git", "add", "-A"], repo))
     ok(sh(["git", "commit", "-q", "-m", "smoke baseline"], repo))
@@ -220,7 +219,8 @@ def test_two_queued_experiments_run_at_once_and_both_log_completely(smoke_repo, 
     for lpc in (1, 2):
         out = ok(sh(["dvc", "exp", "run", "--queue", "-S", f"base.labels_per_class={lpc}", "-S", "base.seed=1"], repo))
         names[f"lpc{lpc}-seed1"] = re.search(r"Queued experiment '([^']+)'", out).group(1)
-    ok(sh(["dvc", "queue", "start", "-j", "2"], repo))
+    uri, _, _ = mlflow_server
+    ok(sh(["dvc", "queue", "start", "-j", "2"], repo, {"MLFLOW_TRACKING_URI": uri}))  # the workers inherit it
     deadline = time.time() + 1200
     while True:
         status = ok(sh(["dvc", "queue", "status"], repo))
@@ -234,7 +234,25 @@ def test_two_queued_experiments_run_at_once_and_both_log_completely(smoke_repo, 
     shown = json.loads(ok(sh(["dvc", "exp", "show", "--json"], repo)))
     exps = {e["name"]: e for rev in shown for e in (rev.get("experiments") or [])}
     table = ok(sh(["dvc", "exp", "show", "--md", "--only-changed"], repo))
-    client, exp = store(repo)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("dpt-repro")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs
+    exp = experiment.experiment_id
+    pipelines = client.search_runs([exp], "tags.`mlflow.parentRunId` IS NULL")
+    assert sorted(r.data.params["dvc.exp_name"] for r in pipelines) == sorted(names.values())
+    for row in pipelines:
+        name = row.data.params["dvc.exp_name"]
+        key = next(k for k, n in names.items() if n == name)
+        metrics = exps[name]["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]
+        assert row.info.run_name == f"{name} {key}" and row.info.status == "FINISHED"
+        assert row.data.metrics == pytest.approx({k: v for k, v in metrics.items() if isinstance(v, float)})
+        assert set(HEADLINE) <= set(row.data.metrics)
+        assert (row.data.params["base.labels_per_class"], row.data.params["base.seed"]) == (key[3], "1")
+        assert name in row.data.tags["report.row"]
+    generators = client.search_model_versions("name='dpt-generator'")
+    best = min(generators, key=lambda v: float(v.tags["fid_train"]))
+    assert len(generators) == 2
+    assert client.get_model_version_by_alias("dpt-generator", "champion").version == best.version
     for key, name in names.items():
         assert name in table
         metrics = exps[name]["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]
@@ -244,6 +262,9 @@ def test_two_queued_experiments_run_at_once_and_both_log_completely(smoke_repo, 
         assert len({r.data.tags["mlflow.parentRunId"] for r in children.values()}) == 1
         assert set(STAGES) - {"prepare", "gate_prepared", "fid_reference"} <= set(children), sorted(children)
         assert all(r.info.status == "FINISHED" for r in children.values())
+        parent = client.get_run(children["evaluate"].data.tags["mlflow.parentRunId"])
+        assert parent.info.start_time <= min(r.info.start_time for r in children.values())
+        assert parent.info.end_time >= max(r.info.end_time for r in children.values())
         assert children["evaluate"].data.metrics["top1_stage3"] == pytest.approx(metrics["top1_stage3"])
         assert children["evaluate"].data.metrics["fid"] == pytest.approx(metrics["fid"])
     assert tracked_bytes(repo) == before  # the workspace's own outputs are untouched
@@ -281,11 +302,7 @@ def test_two_gloo_processes_through_torchrun_match_one_process(smoke_repo, tmp_p
     import yaml
 
     single, _ = smoke_repo
-    repo = tmp_path / "ddp"
-    for item in TRACKED:
-        src, dst = ROOT / item, repo / item
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    repo = copy_checkout(tmp_path / "ddp")
     params = yaml.safe_load((single / "params.yaml").read_text())
     params["launcher"]["nproc_per_node"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -324,6 +341,13 @@ def test_two_gloo_processes_through_torchrun_match_one_process(smoke_repo, tmp_p
     assert diff.max() <= 2 and diff.mean() < 0.01, (diff.max(), diff.mean())
     ref = np.load(repo / "data/fid_ref/fashion-mnist-train.npz")
     assert np.allclose(ref["mu"], ranks2["ref"]["mu"], atol=1e-4) and np.array_equal(ref["indices"], ranks2["ref"]["indices"])
+
+    # A rerun of one stage updates the pipeline run's metrics (the launcher is hardware: the same pipeline run).
+    ok(sh(["dpt-repro", "evaluate", "-S", "launcher.nproc_per_node=1"], repo))
+    (parent,) = client.search_runs([exp], "tags.`mlflow.parentRunId` IS NULL")
+    assert len(client.get_metric_history(parent.info.run_id, "top1_stage3")) == 2
+    rerun = json.loads((repo / "metrics" / "eval.json").read_text())
+    assert parent.data.metrics["fid"] == pytest.approx(rerun["fid"]) and parent.info.status == "FINISHED"
 
 
 def _push_delete_pull(repo: Path, remote: str, env_extra=None) -> None:
@@ -398,15 +422,24 @@ def test_the_probe_protocol_fits_a_head_on_the_frozen_stage1_network_and_evaluat
     assert not torch.equal(without["head.weight"], s3["head.weight"])
 
 
-def test_a_failing_gate_stops_the_pipeline_before_the_expensive_stage(smoke_repo):
+def test_a_failing_gate_stops_the_pipeline_before_the_expensive_stage(smoke_repo, mlflow_server):
+    import mlflow
+
     repo, _ = smoke_repo
+    uri, _, _ = mlflow_server
     params = repo / "params.yaml"
     original = params.read_text()
     try:
         params.write_text(original.replace("pseudo_max_kl: 5.0", "pseudo_max_kl: 1.0e-09"))
-        result = sh(["dvc", "repro"], repo, timeout=600)
+        result = sh(["dvc", "repro"], repo, {"MLFLOW_TRACKING_URI": uri}, timeout=600)
     finally:
         params.write_text(original)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("dpt-repro").experiment_id
+    gate = client.search_runs([exp], "tags.stage = 'gate_pseudo_labels' and tags.`dvc.exp_name` = 'workspace'")[0]
+    assert gate.info.status == "FAILED"
+    parent = client.get_run(gate.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FAILED" and parent.data.params["dvc.exp_name"] == "workspace"
     out = result.stdout + result.stderr
     assert result.returncode != 0
     assert "Running stage 'gate_pseudo_labels'" in out and "Running stage 'stage2'" not in out

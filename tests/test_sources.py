@@ -37,6 +37,29 @@ def test_npz_source_with_a_missing_class_is_refused(tmp_path):
         load_raw(base, PrepareConfig())
 
 
+@pytest.mark.parametrize("arrays, needle", [
+    ({"images": np.zeros((200, 28, 28), np.uint8), "labels": np.arange(199) % 2}, "200 images but 199 labels"),
+    ({"images": np.zeros((20, 28, 28), np.uint8), "labels": (np.arange(20) % 2)[:, None]},
+     "labels must be one number per image (1-D), got shape (20, 1)"),
+    ({"images": np.zeros((20, 28, 28), np.uint8), "labels": np.arange(20) % 2 + 0.5}, "labels must be integers"),
+    ({"images": np.zeros((0, 28, 28), np.uint8), "labels": np.zeros(0, np.int64)}, "no images"),
+    ({"images": np.zeros((20, 28, 28), np.uint8), "labels": np.arange(20) % 2,
+      "test_images": np.zeros((4, 28, 28), np.uint8)}, "holds 'test_images' but no 'test_labels'"),
+    ({"images": np.zeros((20, 28, 28), np.uint8), "labels": np.arange(20) % 2,
+      "test_images": np.zeros((4, 28, 28), np.uint8), "test_labels": np.arange(5) % 2}, "4 images but 5 labels"),
+])
+def test_an_npz_source_whose_arrays_disagree_is_refused_before_any_shard(tmp_path, arrays, needle):
+    np.savez(tmp_path / "d.npz", **arrays)
+    base = BaseConfig(dataset="npz", data_path=str(tmp_path / "d.npz"), num_classes=2)
+    with pytest.raises(UserError) as err:
+        load_raw(base, PrepareConfig())
+    assert needle in str(err.value)
+    float_labels = {"images": np.zeros((20, 28, 28), np.uint8), "labels": (np.arange(20) % 2).astype(np.float32)}
+    np.savez(tmp_path / "f.npz", **float_labels)  # integral floats are labels a user meant
+    raw = load_raw(BaseConfig(dataset="npz", data_path=str(tmp_path / "f.npz"), num_classes=2), PrepareConfig())
+    assert raw.train_labels.dtype == np.int64
+
+
 def test_shards_roundtrip_and_detect_tampering(tmp_path):
     import json
 

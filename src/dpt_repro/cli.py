@@ -38,6 +38,7 @@ def _fail(message: str, code: int) -> None:
 
 def _run_stage(module: str, params: Path, lpc: int | None, seed: int | None, device: str | None,
                sets: list[str] | None, **kwargs: str) -> None:
+    from dpt_repro import tracking
     from dpt_repro.config import load_config
     from dpt_repro.errors import GateFailed, UserError
     from dpt_repro.runtime import configure_logging, timed
@@ -57,7 +58,7 @@ def _run_stage(module: str, params: Path, lpc: int | None, seed: int | None, dev
             from dpt_repro.runtime import setup
 
             setup(cfg.base)  # every rank joins the process group, even one with no collective work
-        with timed("_".join([module, *kwargs.values()]), cfg.run_key):
+        with timed("_".join([module, *kwargs.values()]), cfg.run_key), tracking.pipeline_outcome(cfg):
             importlib.import_module(f"dpt_repro.stages.{module}").run(cfg, params, **kwargs)
         distributed.finish()
     except UserError as exc:
@@ -147,6 +148,8 @@ def report(num: Annotated[int, typer.Option("--num", help="Experiments of the la
     from dpt_repro.errors import UserError
     from dpt_repro.report import write_report
 
+    if num < 1:
+        _fail(f"--num must be at least 1 (the experiments of the last N commits), got {num}", 2)
     try:
         path = write_report(out, num, " ".join(["dpt-repro report", *sys.argv[2:]]))
     except UserError as exc:

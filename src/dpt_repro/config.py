@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -29,127 +30,151 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 FID_RESIZES = ("clean", "legacy_tensorflow")
 GENERATOR_LABELS = ("pseudo", "oracle", "labelled")
 SAMPLERS = ("dpmsolver++", "ddim", "ddpm")  # diffusion/sample.py SCHEDULERS
+ALGORITHMS = ("supervised", "fixmatch", "freematch")  # ssl/algorithms.py's registry (a test keeps them equal)
+STAGE1_ALGORITHMS = (*ALGORITHMS, "probe")  # probe: DPT's ImageNet stage 1, a logistic regression on frozen features
+UNET_PROFILES = ("small28", "medium", "ddpm-cifar10", "latent32")  # diffusion/unet.py PROFILES (tested equal)
+MAX_STRING = 4096  # longest string value (PATH_MAX): a longer one is a pasting accident, not a path or a name
+
+
+def param(default: Any, *, choices: typing.Sequence[Any] = (), ge: float | None = None, gt: float | None = None,
+          le: float | None = None, lt: float | None = None, empty: bool = False) -> Any:
+    """A params key with the values it accepts: `choices`, or bounds (`ge`/`gt` below, `le`/`lt` above); for a
+    string, `empty` says whether "" is a valid value. `check_field` enforces them, the tests derive bad values
+    from them, so a key declared here is validated and tested without further code."""
+    return field(default=default, metadata={"choices": tuple(choices), "ge": ge, "gt": gt, "le": le, "lt": lt,
+                                            "empty": empty})
 
 
 @dataclass
 class BaseConfig:
-    profile: str = "default"  # the profile's name, set by `dpt-repro profile NAME`; the report groups by it
-    dataset: str = "fashion-mnist"
-    data_path: str = ""  # raw source: IDX folder (fashion-mnist), class-folder tree (imagefolder) or .npz file
-    num_classes: int = 10
-    image_size: int = 28
-    channels: int = 1
-    labels_per_class: int = 1
-    val_per_class: int = 100
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0  # 0: all cores
+    profile: str = param("default")  # the profile's name, set by `dpt-repro profile NAME`; the report groups by it
+    dataset: str = param("fashion-mnist", choices=DATASETS)
+    data_path: str = param("", empty=True)  # raw source: IDX folder, class-folder tree or .npz file; "": default
+    num_classes: int = param(10, ge=2)
+    image_size: int = param(28, ge=8)
+    channels: int = param(1, choices=(1, 3))
+    labels_per_class: int = param(1, ge=1)
+    val_per_class: int = param(100, ge=1)
+    seed: int = param(0, ge=0, lt=2 ** 32)  # numpy and torch seeds are 32-bit on some paths
+    device: str = param("auto", choices=DEVICES)
+    threads: int = param(0, ge=0, le=4096)  # 0: all cores
 
 
 @dataclass
 class PrepareConfig:
-    shard_size: int = 20000
-    test_fraction: float = 0.2  # only for imagefolder/npz sources without a test split
+    shard_size: int = param(20000, ge=1)
+    test_fraction: float = param(0.2, gt=0.0, lt=1.0)  # only for imagefolder/npz sources without a test split
 
 
 @dataclass
 class ClassifierConfig:
-    """Stage 1 and stage 3 share this section's shape: one training loop, two data mixes."""
+    """Stage 1 and stage 3 share this section's shape: one training loop, two data mixes. The defaults here, as
+    in every section, are params.yaml's (a test keeps them equal): a params file that leaves a key out gets the
+    default profile's value."""
 
-    algorithm: str = "freematch"
-    backbone: str = "cnn"
+    algorithm: str = param("freematch", choices=STAGE1_ALGORITHMS)
+    backbone: str = param("cnn")  # cnn | wrn28_2 | timm:<model> (checked in `validate`)
     pretrained: bool = False  # timm backbones only; needs network access or a local Hugging Face cache
-    weights: str = ""         # timm backbones: a local file of pretrained weights (implies pretrained)
-    steps: int = 1500
-    batch_size: int = 32
-    mu: int = 7
-    lr: float = 0.03
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    ema_decay: float = 0.999
-    threshold: float = 0.95
-    lambda_u: float = 1.0
-    fairness_weight: float = 0.0
-    eval_every: int = 250
-    checkpoint_every: int = 500
-    eval_batch_size: int = 1000
-    bn_recalibration_images: int = 0  # >0: EMA BatchNorm statistics recomputed on this many images per evaluation
-    padding: str = "reflection"       # what augmentations shift in from outside the image: reflection | zeros | border
+    weights: str = param("", empty=True)  # timm backbones: a local file of pretrained weights (implies pretrained)
+    steps: int = param(1500, ge=1)
+    batch_size: int = param(10, ge=1)  # labelled batch B (at most the labelled set)
+    mu: int = param(7, ge=1)
+    lr: float = param(0.03, gt=0.0)
+    momentum: float = param(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = param(5e-4, ge=0.0)
+    ema_decay: float = param(0.99, ge=0.0, lt=1.0)
+    threshold: float = param(0.6, gt=0.0, lt=1.0)
+    lambda_u: float = param(1.0, ge=0.0)
+    fairness_weight: float = param(0.0, ge=0.0)
+    eval_every: int = param(250, ge=1)
+    checkpoint_every: int = param(250, ge=1)
+    eval_batch_size: int = param(1000, ge=1)
+    bn_recalibration_images: int = param(0, ge=0)  # >0: EMA BatchNorm statistics recomputed on this many images
+    padding: str = param("reflection", choices=PADDINGS)  # what augmentations shift in from outside the image
 
 
 @dataclass
 class Stage3Config(ClassifierConfig):
     """Stage 3 runs the classifier loop on real plus generated labelled images; what it adds is the mix."""
 
-    protocol: str = "retrain"      # retrain (CIFAR-10: SSL from scratch) | probe (ImageNet: frozen stage-1 encoder)
-    generated_share: float = -1.0  # generated images per labelled batch: -1 as in the pool, 0 none (baseline)
-    generated_per_class: int = 0   # the first N generated images of each class join the labelled set (0: all K);
-                                   # the sample stage may draw more, e.g. 5,000 per class for FID-50K
+    algorithm: str = param("freematch", choices=ALGORITHMS)  # the probe is stage3.protocol's, not an algorithm
+    batch_size: int = param(32, ge=1)  # labelled batch drawn from real labelled + generated images
+    mu: int = param(2, ge=1)
+    threshold: float = param(0.95, gt=0.0, lt=1.0)
+    protocol: str = param("retrain", choices=("retrain", "probe"))  # retrain (CIFAR-10: SSL from scratch) |
+                                                                      # probe (ImageNet: frozen stage-1 encoder)
+    generated_share: float = param(-1.0, ge=-1.0, le=1.0)  # generated images per labelled batch: -1 as in the
+                                                            # pool, 0 none (baseline); checked in `validate`
+    generated_per_class: int = param(0, ge=0)  # the first N generated images of each class join the labelled
+                                               # set (0: all K); sample may draw more, e.g. 5,000 for FID-50K
 
 
 @dataclass
 class PseudoConfig:
-    batch_size: int = 1000
+    batch_size: int = param(1000, ge=1)
 
 
 @dataclass
 class GatesConfig:
-    pseudo_max_kl: float = 0.25
-    pseudo_min_share: float = 0.001
-    pseudo_max_share: float = 0.5
-    pseudo_min_mean_confidence: float = 0.5
-    pseudo_min_labelled_agreement: float = 0.5
-    generated_min_agreement: float = 0.5
-    mix_tolerance: float = 0.001
+    pseudo_max_kl: float = param(0.25, ge=0.0)
+    pseudo_min_share: float = param(0.001, ge=0.0, le=1.0)
+    pseudo_max_share: float = param(0.5, ge=0.0, le=1.0)
+    pseudo_min_mean_confidence: float = param(0.5, ge=0.0, le=1.0)
+    pseudo_min_labelled_agreement: float = param(0.5, ge=0.0, le=1.0)
+    generated_min_agreement: float = param(0.5, ge=0.0, le=1.0)
+    mix_tolerance: float = param(0.001, ge=0.0, le=1.0)
 
 
 @dataclass
 class DiffusionConfig:
-    labels: str = "pseudo"      # pseudo | oracle (true labels of all images) | labelled (the labelled images only)
-    profile: str = "small28"
-    autoencoder: str = ""       # latent diffusion: a diffusers AutoencoderKL folder or hub id; empty: pixel space
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    ema_decay: float = 0.999
-    label_dropout: float = 0.1
-    prediction_type: str = "v_prediction"
-    beta_schedule: str = "squaredcos_cap_v2"
-    num_train_timesteps: int = 1000
-    grad_accum: int = 1
-    checkpoint_every: int = 500
-    fid_every: int = 0          # guided FID of the EMA weights every N steps (0: off), for the FID-vs-steps plot
-    fid_images: int = 200       # generated and reference images of that FID (small: a trend, not the result)
-    mixed_precision: str = "bf16"  # bf16 | no: bf16 autocast on CUDA and on CPUs with native bf16, else float32
+    labels: str = param("pseudo", choices=GENERATOR_LABELS)  # pseudo | oracle (true labels of all images) |
+                                                              # labelled (the labelled images only)
+    profile: str = param("small28", choices=UNET_PROFILES)
+    autoencoder: str = param("", empty=True)  # latent diffusion: an AutoencoderKL folder or hub id; "": pixels
+    steps: int = param(2000, ge=1)
+    batch_size: int = param(64, ge=1)
+    lr: float = param(1e-3, gt=0.0)
+    warmup_steps: int = param(100, ge=0)
+    weight_decay: float = param(0.0, ge=0.0)
+    ema_decay: float = param(0.999, ge=0.0, lt=1.0)
+    label_dropout: float = param(0.1, ge=0.0, lt=1.0)
+    prediction_type: str = param("v_prediction", choices=("epsilon", "v_prediction"))
+    beta_schedule: str = param("squaredcos_cap_v2", choices=BETA_SCHEDULES)
+    num_train_timesteps: int = param(1000, ge=2)
+    grad_accum: int = param(1, ge=1)
+    checkpoint_every: int = param(250, ge=1)
+    fid_every: int = param(1000, ge=0)  # guided FID of the EMA weights every N steps (0: off), for the FID plot
+    fid_images: int = param(200, ge=2)  # generated and reference images of that FID (a trend, not the result)
+    mixed_precision: str = param("bf16", choices=("bf16", "no"))  # bf16 autocast on CUDA and native-bf16 CPUs
     compile: bool = False       # torch.compile the UNet on CUDA
 
 
 @dataclass
 class SampleConfig:
-    scheduler: str = "dpmsolver++"
-    images_per_class: int = 200
-    guidance_scale: float = 1.5
-    steps: int = 20
-    batch_size: int = 100
-    shard_size: int = 1000
+    scheduler: str = param("dpmsolver++", choices=SAMPLERS)
+    images_per_class: int = param(200, ge=1)
+    guidance_scale: float = param(1.5, ge=0.0)
+    steps: int = param(20, ge=1)
+    batch_size: int = param(100, ge=1)
+    shard_size: int = param(1000, ge=1)
 
 
 @dataclass
 class EvalConfig:
-    fid_ref_split: str = "train"
-    fid_ref_images: int = 2000
-    fid_images_per_class: int = 0    # generated images per class in the FID (e.g. 50 for ImageNet FID-50K); 0: all
-    fid_resize: str = "clean"        # clean | legacy_tensorflow (the resize of the CIFAR-10 literature's FIDs)
-    fid_precision: str = "float32"   # float32 | bfloat16 (CUDA only: ~2x faster Inception)
-    batch_size: int = 50
-    kid_subset_size: int = 1000
-    pr_images: int = 10000           # precision/recall: a seeded sample of at most this many per side (ADM: 10k)
-    class_fid_images: int = 200      # class FID: at most this many images per class and side
-    inception_score_split: int = 500  # images per Inception Score split (ADM: 5,000)
-    inception_logits_weights: str = ""  # .npy of the TF graph's 2048x1008 softmax weight; "": no Inception Score
-    inception_logits_sha256: str = ""   # its SHA-256, checked before use
+    fid_ref_split: str = param("train", choices=("train", "test"))
+    fid_ref_images: int = param(2000, ge=2)
+    fid_images_per_class: int = param(0, ge=0)  # generated images per class in the FID (ImageNet FID-50K: 50);
+                                                # 0: all
+    fid_resize: str = param("clean", choices=FID_RESIZES)  # clean | legacy_tensorflow (CIFAR-10 literature's)
+    fid_precision: str = param("float32", choices=("float32", "bfloat16"))  # bfloat16: CUDA only, ~2x faster
+    batch_size: int = param(50, ge=1)
+    kid_subset_size: int = param(1000, ge=2)
+    pr_images: int = param(10000, ge=4)  # precision/recall: a seeded sample of at most this many per side (ADM: 10k)
+    class_fid_images: int = param(200, ge=2)  # class FID: at most this many images per class and side
+    inception_score_split: int = param(500, ge=1)  # images per Inception Score split (ADM: 5,000)
+    inception_logits_weights: str = param("", empty=True)  # .npy of the TF graph's 2048x1008 softmax weight;
+                                                           # "": no Inception Score
+    inception_logits_sha256: str = param("", empty=True)  # its SHA-256, checked before use
 
 
 @dataclass
@@ -159,10 +184,10 @@ class LauncherConfig:
     Batch sizes in params are global: each of the `processes` ranks takes batch_size / processes, so the same
     params describe the same experiment on a laptop and on a cluster."""
 
-    nproc_per_node: int = 1     # processes per machine: GPUs per node (or CPU processes, with gloo)
-    nnodes: int = 1             # machines; > 1 needs rdzv_endpoint
-    rdzv_endpoint: str = ""     # host:port of the first node for multi-node runs (torchrun's c10d rendezvous)
-    rdzv_id: str = "dpt"        # the job's rendezvous id: every node of one run passes the same
+    nproc_per_node: int = param(1, ge=1, le=4096)  # processes per machine: GPUs per node (or CPU processes)
+    nnodes: int = param(1, ge=1, le=65536)  # machines; > 1 needs rdzv_endpoint
+    rdzv_endpoint: str = param("", empty=True)  # host:port of the first node for multi-node runs (c10d)
+    rdzv_id: str = param("dpt")  # the job's rendezvous id: every node of one run passes the same
 
     @property
     def processes(self) -> int:
@@ -230,12 +255,81 @@ def paths(cfg: Config, root: Path | str = ".") -> Paths:
     )
 
 
+# Which command writes each folder of `paths`, and what it holds: what a missing or corrupt input tells the user.
+PRODUCERS = (("data", "prepared", "prepare", "prepared data"), ("data", "splits", "split", "split"),
+             ("models", "stage1", "stage1", "stage-1 classifier"),
+             ("data", "pseudo_labels", "pseudo-label", "pseudo-labels"),
+             ("models", "stage2", "stage2", "stage-2 generator"), ("data", "generated", "sample", "generated images"),
+             ("data", "fid_ref", "fid-reference", "FID reference statistics"),
+             ("models", "stage3", "stage3", "stage-3 classifier"), ("metrics", "gates", "validate", "gate result"))
+
+
+def producer(path: Path | str) -> tuple[str, str]:
+    """What `path` holds and the command that writes it, with the run key's options (`lpc2-seed0` ->
+    `--labels-per-class 2 --seed 0`); a description where no stage of ours writes it."""
+    parts = Path(path).parts
+    for i in range(len(parts) - 1):
+        for top, folder, command, what in PRODUCERS:
+            if (parts[i], parts[i + 1]) != (top, folder):
+                continue
+            rest = parts[i + 2:]
+            if command == "validate" and rest:
+                command = f"validate {rest[0].split('.')[0]}"
+            key = re.fullmatch(r"lpc(\d+)-seed(\d+)", rest[0]) if rest else None
+            options = f" --labels-per-class {key[1]} --seed {key[2]}" if key else ""
+            return what, f"`dpt-repro {command}{options}`"
+    return "input", "the stage that produces it"
+
+
+class ParamsLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser where PyYAML has it
+    """YAML as DVC reads params.yaml (the YAML 1.2 core schema), where PyYAML's 1.1 rules surprise: `3e-4` is a
+    float, not a string; `no`, `off`, `yes` and `on` stay strings (`mixed_precision: no`); `017` is 17, not octal
+    15; `1:30` is a string, not 90 (base 60); `2026-12-03` is a string, not a date. `1_000` is 1000, as in Python."""
+
+
+ParamsLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag.rsplit(":", 1)[1] not in ("bool", "int", "float", "timestamp")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:int",
+                                   re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$"),
+                                   list("-+0123456789"))
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9][0-9_]*|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+.0123456789"))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    text = loader.construct_scalar(node).replace("_", "")
+    base = {"0x": 16, "0o": 8}.get(text[:2], 10)
+    return int(text[2:] if base != 10 else text, base)
+
+
+ParamsLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def parse_yaml(text: str) -> Any:
+    """The one place params values are parsed: params files, profiles and `-S` overrides alike."""
+    return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 (a safe loader, with YAML 1.2's scalars)
+
+
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check one value against its annotated type; ints are accepted where floats are expected."""
+    """Check one value against its annotated type, accepting what a user means: an int for a float, an integral
+    float for an int (`steps: 1e4`), yes/no/on/off for a bool."""
+    if tp is bool and isinstance(value, str) and value.lower() in BOOL_WORDS:
+        return BOOL_WORDS[value.lower()]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
     if tp in (int, float, str, bool):
-        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        if isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool)):
             return value
         raise UserError(f"params: '{key}' must be {tp.__name__}, got {value!r} ({type(value).__name__})")
     return value
@@ -267,7 +361,7 @@ def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
     if len(parts) != 2 or not all(parts):
         raise UserError(f"override '{dotted}={raw}': expected section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = parse_yaml(raw) if raw != "" else ""
     except yaml.YAMLError:
         raise UserError(f"override '{dotted}={raw}': the value is not valid YAML") from None
     tree.setdefault(parts[0], {})
@@ -281,11 +375,16 @@ def read_params_file(path: Path | str) -> dict:
     if not path.is_file():
         raise UserError(f"params file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = parse_yaml(path.read_text())
+    except UnicodeDecodeError:
+        raise UserError(f"params file {path} is not a text file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"params file {path} is not valid YAML{where}") from None
+    if not tree and tree != {}:
+        raise UserError(f"params file {path} is empty: name a params file with sections (e.g. params.yaml), or "
+                        "write `{}` to run on the built-in defaults")
     if not isinstance(tree, dict):
         raise UserError(f"params file {path} must hold a mapping of sections, got {type(tree).__name__}")
     return tree
@@ -313,34 +412,56 @@ def _check(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
+def _bounds(meta: dict) -> str:
+    """The declared range in words, as the messages and the params reference say it."""
+    lo = f"{meta['ge']:g}" if meta["ge"] is not None else None
+    lo_open = f"{meta['gt']:g}" if meta["gt"] is not None else None
+    hi = f"{meta['le']:g}" if meta["le"] is not None else None
+    hi_open = f"{meta['lt']:g}" if meta["lt"] is not None else None
+    if (lo or lo_open) and (hi or hi_open):
+        return f"in {'[' + lo if lo else '(' + lo_open}, {hi + ']' if hi else hi_open + ')'}"
+    if lo is not None:
+        return f"at least {lo}"
+    if lo_open is not None:
+        return "positive" if lo_open == "0" else f"greater than {lo_open}"
+    if hi is not None:
+        return f"at most {hi}"
+    return f"less than {hi_open}" if hi_open is not None else ""
+
+
+def check_field(key: str, value: Any, meta: dict) -> None:
+    """One key against its declaration (`param`): choices, bounds, finite numbers, sane strings."""
+    if meta.get("choices"):
+        _check(value in meta["choices"],
+               f"{key}: unknown {value!r} (valid: {', '.join(str(c) for c in meta['choices'])})")
+        return
+    if isinstance(value, float):
+        _check(math.isfinite(value), f"{key} must be a finite number, got {value}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        _check(-2 ** 63 <= value < 2 ** 63, f"{key} {value} does not fit in 64 bits")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        ok = all([meta["ge"] is None or value >= meta["ge"], meta["gt"] is None or value > meta["gt"],
+                  meta["le"] is None or value <= meta["le"], meta["lt"] is None or value < meta["lt"]])
+        _check(ok, f"{key} must be {_bounds(meta)}, got {value:g}")
+    if isinstance(value, str):
+        _check(value != "" or meta.get("empty", False), f"{key} must not be empty")
+        _check(len(value) <= MAX_STRING, f"{key} is {len(value)} characters long (at most {MAX_STRING})")
+        _check(value.isprintable(), f"{key} holds a control character (a newline or NUL?): {value[:60]!r}")
+
+
+def _check_fields(section: Any, prefix: str) -> None:
+    for f in dataclasses.fields(section):
+        check_field(f"{prefix}.{f.name}", getattr(section, f.name), dict(f.metadata))
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks that can be made before any data is read."""
-    b = cfg.base
-    _check(b.dataset in DATASETS, f"base.dataset: unknown dataset {b.dataset!r} (valid: {', '.join(DATASETS)})")
-    _check(b.device in DEVICES, f"base.device: unknown device {b.device!r} (valid: {', '.join(DEVICES)})")
-    _check(b.num_classes >= 2, f"base.num_classes must be at least 2, got {b.num_classes}")
-    _check(b.labels_per_class >= 1, f"base.labels_per_class must be at least 1, got {b.labels_per_class}")
-    _check(b.val_per_class >= 1, f"base.val_per_class must be at least 1, got {b.val_per_class}")
-    _check(b.channels in (1, 3), f"base.channels must be 1 or 3, got {b.channels}")
-    _check(b.image_size >= 8, f"base.image_size must be at least 8, got {b.image_size}")
-    _check(b.seed >= 0, f"base.seed must be non-negative, got {b.seed}")
-    _check(0.0 < cfg.prepare.test_fraction < 1.0,
-           f"prepare.test_fraction must be in (0, 1), got {cfg.prepare.test_fraction}")
+    """Every key against its declaration, then the checks that relate several keys, before any data is read."""
+    for f in dataclasses.fields(cfg):
+        _check_fields(getattr(cfg, f.name), f.name)
     for name in ("stage1", "stage3"):
-        c: ClassifierConfig = getattr(cfg, name)
-        _check(c.steps >= 1, f"{name}.steps must be at least 1, got {c.steps}")
-        _check(c.batch_size >= 1, f"{name}.batch_size must be at least 1, got {c.batch_size}")
-        _check(c.mu >= 1, f"{name}.mu must be at least 1, got {c.mu}")
-        _check(0.0 < c.threshold < 1.0, f"{name}.threshold must be in (0, 1), got {c.threshold}")
-        _check(c.padding in PADDINGS, f"{name}.padding: unknown {c.padding!r} (valid: {', '.join(PADDINGS)})")
-        _check(0.0 <= c.ema_decay < 1.0, f"{name}.ema_decay must be in [0, 1), got {c.ema_decay}")
-        _check(c.bn_recalibration_images >= 0,
-               f"{name}.bn_recalibration_images must be 0 or more, got {c.bn_recalibration_images}")
-        _check(c.lr > 0, f"{name}.lr must be positive, got {c.lr}")
-        for key in ("eval_every", "checkpoint_every", "eval_batch_size"):
-            _check(getattr(c, key) >= 1, f"{name}.{key} must be at least 1, got {getattr(c, key)}")
-    _check(cfg.stage3.protocol in ("retrain", "probe"),
-           f"stage3.protocol: unknown {cfg.stage3.protocol!r} (valid: retrain, probe)")
+        backbone = getattr(cfg, name).backbone
+        _check(backbone in ("cnn", "wrn28_2") or (backbone.startswith("timm:") and len(backbone) > 5),
+               f"{name}.backbone: unknown {backbone!r} (valid: cnn, wrn28_2, timm:<model name>)")
     share = cfg.stage3.generated_share
     _check(share == -1 or 0 <= share <= 1, f"stage3.generated_share must be -1 (as in the pool) or in [0, 1], "
                                            f"got {share}")
@@ -348,48 +469,7 @@ def validate(cfg: Config) -> None:
            f"stage3.generated_share {share} sets the share of each labelled batch, which only the retrain protocol "
            "draws; the probe fits on the whole labelled set at once: use -1 (with the generated images) or 0 "
            "(without)")
-    _check(cfg.stage3.generated_per_class >= 0,
-           f"stage3.generated_per_class must be at least 0 (0: all), got {cfg.stage3.generated_per_class}")
-    _check(cfg.stage2.labels in GENERATOR_LABELS,
-           f"stage2.labels: unknown {cfg.stage2.labels!r} (valid: {', '.join(GENERATOR_LABELS)})")
-    d = cfg.stage2
-    _check(d.steps >= 1, f"stage2.steps must be at least 1, got {d.steps}")
-    _check(0.0 <= d.label_dropout < 1.0, f"stage2.label_dropout must be in [0, 1), got {d.label_dropout}")
-    _check(d.prediction_type in ("epsilon", "v_prediction"),
-           f"stage2.prediction_type: unknown {d.prediction_type!r} (valid: epsilon, v_prediction)")
-    for key in ("grad_accum", "batch_size", "checkpoint_every"):
-        _check(getattr(d, key) >= 1, f"stage2.{key} must be at least 1, got {getattr(d, key)}")
-    _check(d.fid_every >= 0, f"stage2.fid_every must be at least 0 (0: off), got {d.fid_every}")
-    _check(d.fid_images >= 2, f"stage2.fid_images must be at least 2, got {d.fid_images}")
-    _check(d.num_train_timesteps >= 2, f"stage2.num_train_timesteps must be at least 2, got {d.num_train_timesteps}")
-    _check(d.warmup_steps >= 0, f"stage2.warmup_steps must be at least 0, got {d.warmup_steps}")
-    _check(d.mixed_precision in ("bf16", "no"),
-           f"stage2.mixed_precision: unknown {d.mixed_precision!r} (valid: bf16, no)")
-    _check(d.beta_schedule in BETA_SCHEDULES,
-           f"stage2.beta_schedule: unknown {d.beta_schedule!r} (valid: {', '.join(BETA_SCHEDULES)})")
-    for key, value in (("prepare.shard_size", cfg.prepare.shard_size), ("pseudo.batch_size", cfg.pseudo.batch_size),
-                       ("sample.batch_size", cfg.sample.batch_size), ("sample.shard_size", cfg.sample.shard_size),
-                       ("eval.batch_size", cfg.eval.batch_size)):
-        _check(value >= 1, f"{key} must be at least 1, got {value}")
-    _check(cfg.eval.kid_subset_size >= 2, f"eval.kid_subset_size must be at least 2, got {cfg.eval.kid_subset_size}")
-    s = cfg.sample
-    _check(s.images_per_class >= 1, f"sample.images_per_class must be at least 1, got {s.images_per_class}")
-    _check(s.guidance_scale >= 0, f"sample.guidance_scale must be at least 0, got {s.guidance_scale}")
-    _check(s.steps >= 1, f"sample.steps must be at least 1, got {s.steps}")
-    _check(s.scheduler in SAMPLERS, f"sample.scheduler: unknown {s.scheduler!r} (valid: {', '.join(SAMPLERS)})")
     e = cfg.eval
-    _check(e.fid_ref_split in ("train", "test"), f"eval.fid_ref_split must be train or test, got {e.fid_ref_split!r}")
-    _check(e.fid_resize in FID_RESIZES,
-           f"eval.fid_resize: unknown protocol {e.fid_resize!r} (valid: {', '.join(FID_RESIZES)})")
-    _check(e.fid_precision in ("float32", "bfloat16"),
-           f"eval.fid_precision: unknown {e.fid_precision!r} (valid: float32, bfloat16)")
-    _check(e.fid_ref_images >= 2, f"eval.fid_ref_images must be at least 2, got {e.fid_ref_images}")
-    _check(e.fid_images_per_class >= 0, f"eval.fid_images_per_class must be at least 0 (0: all), got "
-                                        f"{e.fid_images_per_class}")
-    _check(e.pr_images >= 4, f"eval.pr_images must be at least 4 (k = 3 nearest neighbours + 1), got {e.pr_images}")
-    _check(e.class_fid_images >= 2, f"eval.class_fid_images must be at least 2, got {e.class_fid_images}")
-    _check(e.inception_score_split >= 1,
-           f"eval.inception_score_split must be at least 1, got {e.inception_score_split}")
     _check(not e.inception_logits_weights or re.fullmatch(r"[0-9a-f]{64}", e.inception_logits_sha256) is not None,
            f"eval.inception_logits_sha256 must be the 64-hex-digit SHA-256 of eval.inception_logits_weights "
            f"({e.inception_logits_weights}), got {e.inception_logits_sha256!r}")
@@ -399,8 +479,6 @@ def validate(cfg: Config) -> None:
 def validate_launcher(cfg: Config) -> None:
     """Global batches must split evenly over the processes (see `LauncherConfig`)."""
     n = cfg.launcher
-    _check(n.nproc_per_node >= 1, f"launcher.nproc_per_node must be at least 1, got {n.nproc_per_node}")
-    _check(n.nnodes >= 1, f"launcher.nnodes must be at least 1, got {n.nnodes}")
     _check(n.nnodes == 1 or ":" in n.rdzv_endpoint,
            f"launcher.rdzv_endpoint must be host:port of the first node when launcher.nnodes is {n.nnodes}, "
            f"got {n.rdzv_endpoint!r}")

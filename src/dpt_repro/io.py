@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import typing
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -65,19 +66,52 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def missing_input(path: Path | str, what: str = "") -> UserError:
+    """The one message for an input that is not there: what, where, and the command that makes it."""
+    from dpt_repro.config import producer
+
+    holds, command = producer(path)
+    return UserError(f"missing input: {what or holds} ({path}); run {command} first")
+
+
+def corrupt_input(path: Path | str, what: str, problem: str) -> UserError:
+    """The one message for an input that is there but unreadable or inconsistent."""
+    from dpt_repro.config import producer
+
+    return UserError(f"corrupt input: {what} ({path}) {problem}; rerun {producer(path)[1]}")
+
+
+def require_file(path: Path | str, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise missing_input(path, what)
+    return path
+
+
+def require_inputs(*inputs: Path) -> None:
+    """Every input a stage reads, checked before the stage starts anything (a tracking run, a model): the first
+    one missing is the one error."""
+    for path in inputs:
+        if not Path(path).exists():
+            raise missing_input(path)
+
+
 def write_json(path: Path | str, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: Path | str, what: str) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"missing input: {what} ({path}); run the stage that produces it first")
+def read_json(path: Path | str, what: str, keys: typing.Sequence[str] = ()) -> Any:
+    """A JSON object; with `keys`, it must be a mapping that holds them (so a stage never meets a KeyError)."""
+    path = require_file(path, what)
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"corrupt input: {what} ({path}) is not valid JSON") from None
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise corrupt_input(path, what, "is not valid JSON") from None
+    lacking = [k for k in keys if not isinstance(data, dict) or k not in data]
+    if lacking:
+        raise corrupt_input(path, what, f"lacks {', '.join(lacking)}")
+    return data
 
 
 def write_npz(path: Path | str, **arrays: np.ndarray) -> None:
@@ -94,14 +128,19 @@ def write_npz(path: Path | str, **arrays: np.ndarray) -> None:
 def read_npz(path: Path | str, what: str, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     """The arrays of an .npz file, or only `keys` (the others are never decompressed: labels of a shard of
     large images cost nothing)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"missing input: {what} ({path}); run the stage that produces it first")
+    path = require_file(path, what)
     try:
         with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ValueError("a bare .npy array, not an .npz archive")
+            missing = [k for k in keys or () if k not in data.files]
+            if missing:
+                raise KeyError(", ".join(missing))
             return {k: data[k] for k in (keys or data.files)}
+    except KeyError as exc:
+        raise corrupt_input(path, what, f"lacks array {exc.args[0]}") from None
     except Exception as exc:  # zipfile, zlib and value errors all mean the same thing here
-        raise UserError(f"corrupt input: {what} ({path}) cannot be read ({type(exc).__name__})") from None
+        raise corrupt_input(path, what, f"cannot be read ({type(exc).__name__})") from None
 
 
 def array_digest(*arrays: np.ndarray) -> str:
@@ -147,13 +186,11 @@ def read_parquet(path: Path | str, what: str, columns: list[str] | None = None):
     """A parquet table, or a UserError naming what is missing or unreadable."""
     import pandas as pd
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"missing input: {what} ({path}); run the stage that produces it first")
+    path = require_file(path, what)
     try:
         return pd.read_parquet(path, columns=columns)
     except Exception as exc:  # pyarrow raises several error types for truncated or foreign files
-        raise UserError(f"corrupt input: {what} ({path}) cannot be read ({type(exc).__name__})") from None
+        raise corrupt_input(path, what, f"cannot be read ({type(exc).__name__})") from None
 
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
@@ -184,11 +221,8 @@ def save_weights(path: Path | str, state_dict: dict) -> None:
 def load_weights(path: Path | str, what: str) -> dict:
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"missing input: {what} ({path}); run the stage that produces it first")
+    path = require_file(path, what)
     try:
         return load_file(str(path))
     except Exception as exc:
-        raise UserError(f"corrupt input: {what} ({path}) is not a readable safetensors file "
-                        f"({type(exc).__name__})") from None
+        raise corrupt_input(path, what, f"is not a readable safetensors file ({type(exc).__name__})") from None

@@ -48,7 +48,7 @@ def write_split(folder: Path, split: str, images: np.ndarray, labels: np.ndarray
 
 
 def load_manifest(folder: Path) -> dict:
-    return read_json(Path(folder) / "manifest.json", "prepared-data manifest")
+    return read_json(Path(folder) / "manifest.json", "prepared-data manifest", ("splits",))
 
 
 def _split_entry(folder: Path, split: str) -> dict:
@@ -112,7 +112,7 @@ def load_split(folder: Path, split: str, verify: bool = False) -> tuple[np.ndarr
 
 
 def load_generated_manifest(folder: Path) -> dict:
-    return read_json(Path(folder) / "manifest.json", "generated-images manifest")
+    return read_json(Path(folder) / "manifest.json", "generated-images manifest", ("shards", "images_per_class"))
 
 
 def iter_generated(folder: Path, per_class: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:

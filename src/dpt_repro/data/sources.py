@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -53,7 +54,11 @@ class RawData(NamedTuple):
 
 
 def _read_idx(path: Path, name: str) -> np.ndarray:
-    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    except (EOFError, OSError, zlib.error) as exc:  # truncated or not gzip at all
+        raise UserError(f"corrupt input: {path} cannot be decompressed ({type(exc).__name__}); reinstall "
+                        "dataset-fashion-mnist or replace the file") from None
     digest = hashlib.md5(raw).hexdigest()
     if digest != FASHION_MNIST_MD5[name]:
         raise UserError(f"corrupt input: {path} has MD5 {digest}, expected {FASHION_MNIST_MD5[name]}")
@@ -119,6 +124,21 @@ def _test_mask(labels: np.ndarray, prep: PrepareConfig) -> np.ndarray:
 def _split_train_test(images: np.ndarray, labels: np.ndarray, prep: PrepareConfig):
     mask = _test_mask(labels, prep)
     return images[~mask], labels[~mask], images[mask], labels[mask]
+
+
+def _check_arrays(images: np.ndarray, labels: np.ndarray, where: str) -> np.ndarray:
+    """An in-memory source's images and labels as the shards need them, or one line saying what is wrong;
+    returns the labels as int64."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise UserError(f"{where}: labels must be one number per image (1-D), got shape {labels.shape}")
+    if len(images) != len(labels):
+        raise UserError(f"{where}: {len(images)} images but {len(labels)} labels")
+    if not len(labels):
+        raise UserError(f"{where}: no images")
+    if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0)):
+        raise UserError(f"{where}: labels must be integers, got {labels.dtype} (e.g. {labels[0]!r})")
+    return labels.astype(np.int64)
 
 
 def _check_classes(labels: np.ndarray, base: BaseConfig, where: str) -> None:
@@ -261,11 +281,13 @@ def npz_file(base: BaseConfig, prep: PrepareConfig) -> RawData:
                             f"{(base.image_size, base.image_size, base.channels)}")
         return x
 
-    x, y = norm(data["images"]), data["labels"].astype(np.int64)
+    x, y = norm(data["images"]), data["labels"]
     names = [str(i) for i in range(base.num_classes)]
     if "test_images" in data:
-        return RawData(x, y, norm(data["test_images"]), data["test_labels"].astype(np.int64), names,
-                       base.data_path)
+        if "test_labels" not in data:
+            raise UserError(f"{base.data_path} holds 'test_images' but no 'test_labels'")
+        return RawData(x, y, norm(data["test_images"]), data["test_labels"], names, base.data_path)
+    _check_arrays(x, y, f"{base.data_path} images/labels")  # before the test split indexes them
     return RawData(*_split_train_test(x, y, prep), names, base.data_path)
 
 
@@ -284,8 +306,10 @@ def stream_raw(base: BaseConfig, prep: PrepareConfig) -> RawStream:
         stream = STREAMED[base.dataset](base, prep)
     else:
         raw = SOURCES[base.dataset](base, prep)
-        stream = RawStream({"train": SplitSource(raw.train_labels, lambda lo, hi: raw.train_images[lo:hi]),
-                            "test": SplitSource(raw.test_labels, lambda lo, hi: raw.test_images[lo:hi])},
+        train_y = _check_arrays(raw.train_images, raw.train_labels, f"{raw.source} train images/labels")
+        test_y = _check_arrays(raw.test_images, raw.test_labels, f"{raw.source} test images/labels")
+        stream = RawStream({"train": SplitSource(train_y, lambda lo, hi: raw.train_images[lo:hi]),
+                            "test": SplitSource(test_y, lambda lo, hi: raw.test_images[lo:hi])},
                            raw.class_names, raw.source)
     for name, split in stream.splits.items():
         _check_classes(split.labels, base, f"{base.dataset} {name} split")

@@ -141,7 +141,9 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, labels: np.ndarray
 
     # The whole training set on the device: at most ~0.7 GB in float32 for 60k 32x32 RGB images.
     x_all, y_all = to_model_space(images).to(device), torch.from_numpy(labels.astype(np.int64)).to(device)
-    result = DiffusionResult(unet=unet, ema_unet=unet, scheduler_config=dict(noise_sched.config),
+    # diffusers keeps the names of defaulted fields as a set: sorted, equal params give a byte-equal config file
+    scheduler_config = {k: sorted(v) if k == "_use_default_values" else v for k, v in noise_sched.config.items()}
+    result = DiffusionResult(unet=unet, ema_unet=unet, scheduler_config=scheduler_config,
                              precision=precision(device, cfg.mixed_precision))
     log.info("stage2: the UNet runs in %s on %s", result.precision, device.type)
     start = 0

@@ -13,7 +13,7 @@ from dpt_repro import distributed
 from dpt_repro.config import ClassifierConfig, Config, paths
 from dpt_repro.data.shards import load_split, select
 from dpt_repro.errors import UserError
-from dpt_repro.io import atomic_dir, atomic_path, load_weights, read_json, save_weights, write_json
+from dpt_repro.io import atomic_dir, atomic_path, corrupt_input, load_weights, read_json, save_weights, write_json
 from dpt_repro.runtime import setup
 from dpt_repro.stages.split import read_split
 from dpt_repro.ssl.train import ClassifierData, TrainResult, build_classifier, fingerprint, train_classifier
@@ -120,8 +120,11 @@ def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> 
 
 def load_classifier(model_dir: Path, what: str):
     """Rebuild a saved classifier from its config.json and safetensors weights."""
-    conf = read_json(Path(model_dir) / "config.json", f"{what} config")
+    conf = read_json(Path(model_dir) / "config.json", f"{what} config",
+                     ("classifier", "channels", "num_classes", "image_size"))
     known = {f.name for f in dataclasses.fields(ClassifierConfig)}  # stage 3's record also holds its mix
+    if not isinstance(conf["classifier"], dict):
+        raise corrupt_input(Path(model_dir) / "config.json", f"{what} config", "has no classifier mapping")
     c = ClassifierConfig(**{k: v for k, v in conf["classifier"].items() if k in known})
     c = dataclasses.replace(c, pretrained=False, weights="")  # the saved weights replace any pretrained ones
     model = build_classifier(c, conf["channels"], conf["num_classes"], conf["image_size"])

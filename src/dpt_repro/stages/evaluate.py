@@ -14,10 +14,10 @@ import numpy as np
 
 from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.data.shards import (iter_generated, iter_split, load_generated_manifest, load_manifest, select,
-                                   split_count)
+from dpt_repro.data.shards import (generated_count, iter_generated, iter_split, load_generated_manifest,
+                                   load_manifest, select, split_count)
 from dpt_repro.errors import UserError
-from dpt_repro.io import read_json, read_parquet, write_json
+from dpt_repro.io import read_json, read_parquet, require_inputs, write_json
 from dpt_repro.metrics import copies, fid, generation
 from dpt_repro.metrics.classification import plot_confusion, summary
 from dpt_repro.runtime import hardware, setup
@@ -55,18 +55,22 @@ def unseen_index(n_test: int) -> np.ndarray:
 
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
+    require_inputs(p.prepared, p.stage1, p.stage3, p.pseudo_labels, p.generated, p.fid_ref)
     e = cfg.eval
     device = setup(cfg.base)
     k = cfg.base.num_classes
+    # every input opened before the minutes of compute, so a damaged one is reported at once
+    models = {stage: load_classifier(folder, f"{stage} classifier")[0].to(device)
+              for stage, folder in (("stage1", p.stage1), ("stage3", p.stage3))}
+    table = read_parquet(p.pseudo_labels, "pseudo-labels", ["pseudo_label", "true_label"])
     manifest = load_generated_manifest(p.generated)
     per_class = min(e.fid_images_per_class or manifest["images_per_class"], manifest["images_per_class"])
     n_generated = per_class * k
+    generated_count(p.generated, per_class)  # reads each shard's index: a damaged shard fails here
     ref, ref_meta = fid.load_reference(p.fid_ref, e.fid_resize, e.fid_precision)
     logits_weights = check_inputs(cfg, ref, n_generated, per_class)
-
     labelled = select(p.prepared, "train", read_json(p.split, "split")["labelled"])[0]
-    models = {stage: load_classifier(folder, f"{stage} classifier")[0].to(device)
-              for stage, folder in (("stage1", p.stage1), ("stage3", p.stage3))}
+
     preds: dict[str, list] = {stage: [] for stage in models}
     labels, unseen_distances, offset = [], [], 0
     unseen = unseen_index(split_count(p.prepared, "test"))
@@ -89,7 +93,6 @@ def run(cfg: Config, params_file: Path) -> dict:
             nearest_labelled.append(copies.nearest(images, labelled))
             yield images, image_labels
 
-    table = read_parquet(p.pseudo_labels, "pseudo-labels", ["pseudo_label", "true_label"])
     extractor = fid.FeatureExtractor(device, e.fid_resize, e.fid_precision, spatial=True)
     acc = generation.SetFeatures(n_generated, num_classes=k, pr_images=e.pr_images, class_images=e.class_fid_images,
                                  logits_weights=logits_weights, device=extractor.device)

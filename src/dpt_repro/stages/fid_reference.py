@@ -15,7 +15,7 @@ import numpy as np
 from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import iter_split, load_manifest, split_count
-from dpt_repro.io import write_npz
+from dpt_repro.io import require_inputs, write_npz
 from dpt_repro.metrics import fid, generation
 from dpt_repro.runtime import setup
 
@@ -38,6 +38,7 @@ def _selected(folder: Path, split: str, idx: np.ndarray) -> Iterator[tuple[np.nd
 
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
+    require_inputs(p.prepared)
     e = cfg.eval
     device = setup(cfg.base)
     idx = reference_indices(split_count(p.prepared, e.fid_ref_split), e.fid_ref_images)

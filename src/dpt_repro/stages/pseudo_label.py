@@ -14,7 +14,7 @@ import pandas as pd
 from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import iter_split, load_manifest
-from dpt_repro.io import atomic_path, write_json
+from dpt_repro.io import atomic_path, require_inputs, write_json
 from dpt_repro.metrics.classification import plot_confusion, summary
 from dpt_repro.runtime import setup
 from dpt_repro.ssl.train import predict_proba_all_ranks
@@ -36,6 +36,7 @@ def predict_split(model, folder: Path, split: str, batch_size: int, device) -> p
 
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
+    require_inputs(p.prepared, p.stage1)
     device = setup(cfg.base)
     model, _ = load_classifier(p.stage1, "stage-1 classifier")
     table = predict_split(model.to(device), p.prepared, "train", cfg.pseudo.batch_size, device)

@@ -22,7 +22,8 @@ from dpt_repro.config import Config, paths
 from dpt_repro.diffusion.sample import class_plan, describe, sample_all_ranks
 from dpt_repro.diffusion.train import precision
 from dpt_repro.errors import UserError
-from dpt_repro.io import atomic_dir, atomic_path, read_json, read_npz, write_json, write_npz
+from dpt_repro.io import (atomic_dir, atomic_path, corrupt_input, read_json, read_npz, require_file, require_inputs,
+                          write_json, write_npz)
 from dpt_repro.runtime import Progress, setup
 
 log = logging.getLogger("dpt_repro")
@@ -32,11 +33,15 @@ def load_generator(model_dir: Path, device=None):
     """The EMA UNet, its noise schedule, the training record, and the latent decoder (None in pixel space)."""
     from diffusers import UNet2DModel
 
-    if not (model_dir / "unet_ema" / "config.json").is_file():
-        raise UserError(f"missing input: stage-2 EMA UNet ({model_dir / 'unet_ema'}); run stage2 first")
-    unet = UNet2DModel.from_pretrained(str(model_dir / "unet_ema")).eval()
-    scheduler_config = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
-    training = read_json(model_dir / "training.json", "stage-2 training record")
+    ema = model_dir / "unet_ema"
+    read_json(ema / "config.json", "stage-2 EMA UNet config", ("sample_size", "in_channels"))
+    require_file(ema / "diffusion_pytorch_model.safetensors", "stage-2 EMA UNet weights")
+    try:
+        unet = UNet2DModel.from_pretrained(str(ema)).eval()
+    except Exception as exc:  # diffusers raises OSError, ValueError or safetensors' errors for a damaged folder
+        raise corrupt_input(ema, "stage-2 EMA UNet", f"cannot be loaded ({type(exc).__name__})") from None
+    scheduler_config = read_json(model_dir / "scheduler" / "scheduler_config.json", "stage-2 noise schedule")
+    training = read_json(model_dir / "training.json", "stage-2 training record", ("stage2", "num_classes"))
     decode = None
     if training.get("autoencoder"):
         from dpt_repro.diffusion.latent import decoder, load_autoencoder
@@ -83,6 +88,7 @@ def save_grid(images: np.ndarray, labels: np.ndarray, num_classes: int, per_row:
 
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
+    require_inputs(p.stage2)
     s = cfg.sample
     device = setup(cfg.base)
     unet, scheduler_config, training, decode = load_generator(p.stage2, device)

@@ -14,7 +14,7 @@ from dpt_repro import tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import load_manifest, split_labels
 from dpt_repro.errors import UserError
-from dpt_repro.io import read_json, write_json
+from dpt_repro.io import read_json, require_inputs, write_json
 
 
 def draw_split(labels: np.ndarray, num_classes: int, labels_per_class: int, val_per_class: int,
@@ -39,6 +39,7 @@ def read_split(cfg: Config) -> dict:
 
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
+    require_inputs(p.prepared)
     labels = split_labels(p.prepared, "train")
     manifest = load_manifest(p.prepared)
     labelled, validation = draw_split(labels, cfg.base.num_classes, cfg.base.labels_per_class,

@@ -8,16 +8,15 @@ from pathlib import Path
 
 from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
-from dpt_repro.io import write_json
+from dpt_repro.io import require_inputs, write_json
 from dpt_repro.ssl.train import build_classifier
 from dpt_repro.stages.classifier import classifier_data, fit_probe_and_save, probe_data, real_data, train_and_save
 
 STREAM = 1
 
 
-def probe(cfg: Config) -> dict:
+def probe(cfg: Config, data) -> dict:
     """DPT's ImageNet stage 1: a frozen pretrained encoder and a logistic regression on the labelled images."""
-    data = probe_data(cfg)
     c = cfg.stage1
     encoder = build_classifier(c, cfg.base.channels, cfg.base.num_classes, cfg.base.image_size)
     return fit_probe_and_save(cfg, "stage1", encoder, asdict(c), data, paths(cfg).stage1, {
@@ -26,15 +25,17 @@ def probe(cfg: Config) -> dict:
 
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
+    require_inputs(p.prepared, p.split)
+    probing = cfg.stage1.algorithm == "probe"
+    data = probe_data(cfg) if probing else classifier_data(*real_data(cfg))  # read before tracking starts
     with tracking.stage_run(cfg, "stage1", ("stage1",), params_file) as run:
         run.datasets(prepared=p.prepared, split=p.split)
-        if cfg.stage1.algorithm == "probe":
+        if probing:
             if not distributed.is_main():
                 return {}  # the probe is a small fit on one process
-            metrics = probe(cfg)
+            metrics = probe(cfg, data)
         else:
-            images, labels, split = real_data(cfg)
-            result = train_and_save(cfg, "stage1", classifier_data(images, labels, split), STREAM, p.stage1, run)
+            result = train_and_save(cfg, "stage1", data, STREAM, p.stage1, run)
             if not distributed.is_main():
                 return {}
             metrics = {"val_acc": result.best_val_acc, "best_step": result.best_step,

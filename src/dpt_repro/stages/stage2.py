@@ -5,7 +5,6 @@ train images (the supervised generator), `labelled` on the few labelled images a
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import iter_split, load_split, select, split_count
 from dpt_repro.diffusion.train import fingerprint, make_scheduler, train_diffusion
 from dpt_repro.errors import UserError
-from dpt_repro.io import atomic_dir, read_parquet, write_json
+from dpt_repro.io import atomic_dir, read_parquet, require_inputs, write_json
 from dpt_repro.runtime import setup
 from dpt_repro.stages.classifier import write_csv
 from dpt_repro.stages.split import read_split
@@ -84,8 +83,10 @@ def training_fid(cfg: Config, device, decode):
 
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
-    device = setup(cfg.base)
     c = cfg.stage2
+    labels_from = {"pseudo": (p.pseudo_labels,), "labelled": (p.split,)}
+    require_inputs(p.prepared, *labels_from.get(c.labels, ()))
+    device = setup(cfg.base)
     vae, decode = None, None
     if c.autoencoder:
         from dpt_repro.diffusion.latent import decoder, load_autoencoder
@@ -105,8 +106,7 @@ def run(cfg: Config, params_file: Path) -> dict:
         with atomic_dir(p.stage2) as tmp:
             result.unet.save_pretrained(tmp / "unet")
             result.ema_unet.save_pretrained(tmp / "unet_ema")
-            (tmp / "scheduler").mkdir()
-            (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(result.scheduler_config, indent=2))
+            write_json(tmp / "scheduler" / "scheduler_config.json", result.scheduler_config)
             write_json(tmp / "training.json", {"stage2": asdict(c), "seed": cfg.base.seed, "fingerprint": fp,
                                                "training_images": int(len(images)),
                                                "num_classes": cfg.base.num_classes,
@@ -122,8 +122,11 @@ def run(cfg: Config, params_file: Path) -> dict:
                    "parameters": sum(q.numel() for q in result.unet.parameters())}
         run.metrics(metrics)
         run.tags({"stage2.precision": result.precision})
-        run.generator_model(p.stage2, (cfg.base.image_size, cfg.base.image_size, cfg.base.channels), seed=cfg.base.seed,
-                            guidance_scale=cfg.sample.guidance_scale, steps=cfg.sample.steps,
-                            scheduler=cfg.sample.scheduler)
+        uri = run.generator_model(p.stage2, (cfg.base.image_size, cfg.base.image_size, cfg.base.channels),
+                                  seed=cfg.base.seed, guidance_scale=cfg.sample.guidance_scale, steps=cfg.sample.steps,
+                                  scheduler=cfg.sample.scheduler)
+        # The champion generator: lowest FID of the final EMA weights against train images (no test image).
+        final_fid = result.fid_curve[-1]["fid"] if result.fid_curve else None
+        run.register(uri, tracking.GENERATOR_REGISTRY_NAME, "fid_train", final_fid, cfg, higher_is_better=False)
     write_json(p.metrics / "stage2.json", metrics)
     return metrics

@@ -12,7 +12,7 @@ from pathlib import Path
 from dpt_repro import distributed, tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import load_generated
-from dpt_repro.io import write_json
+from dpt_repro.io import require_inputs, write_json
 from dpt_repro.ssl.train import ClassifierData
 from dpt_repro.stages.classifier import (classifier_data, fit_probe_and_save, load_classifier, probe_data,
                                          real_data, train_and_save)
@@ -20,40 +20,42 @@ from dpt_repro.stages.classifier import (classifier_data, fit_probe_and_save, lo
 STREAM = 3
 
 
-def probe(cfg: Config, gen_x, gen_y) -> tuple[dict, ClassifierData]:
+def probe(cfg: Config, data: ClassifierData, encoder, conf: dict) -> dict:
     """The frozen stage-1 encoder with a logistic-regression head fitted on labelled + generated images (on the
     labelled images alone when `generated_share` is 0, the baseline)."""
-    p = paths(cfg)
-    data = probe_data(cfg, *((None, None) if cfg.stage3.generated_share == 0 else (gen_x, gen_y)))
-    encoder, conf = load_classifier(p.stage1, "stage-1 classifier")
-    metrics = fit_probe_and_save(cfg, "stage3", encoder, conf["classifier"], data, p.stage3, {
+    return fit_probe_and_save(cfg, "stage3", encoder, conf["classifier"], data, paths(cfg).stage3, {
         "stage3": asdict(cfg.stage3),
         "weights": "stage-1 encoder (frozen) + logistic-regression head"})
-    return metrics, data
 
 
 def run(cfg: Config, params_file: Path) -> dict:
     p = paths(cfg)
-    gen_x, gen_y = load_generated(p.generated, cfg.stage3.generated_per_class)
+    require_inputs(p.prepared, p.split, p.generated, p.stage1)
+    c = cfg.stage3
+    gen_x, gen_y = load_generated(p.generated, c.generated_per_class)
+    if c.protocol == "probe":  # every input is read before tracking starts
+        data = probe_data(cfg, *((None, None) if c.generated_share == 0 else (gen_x, gen_y)))
+        encoder, conf = load_classifier(p.stage1, "stage-1 classifier")
+    else:
+        data = classifier_data(*real_data(cfg), gen_x, gen_y, c.generated_share)
     with tracking.stage_run(cfg, "stage3", ("stage3",), params_file) as run:
         run.datasets(prepared=p.prepared, split=p.split, generated=p.generated)
-        if cfg.stage3.protocol == "probe" and not distributed.is_main():
+        if c.protocol == "probe" and not distributed.is_main():
             return {}  # the probe is a small fit on one process
-        if cfg.stage3.protocol == "probe":
+        if c.protocol == "probe":
             run.datasets(stage1=p.stage1)
-            metrics, data = probe(cfg, gen_x, gen_y)
+            metrics = probe(cfg, data, encoder, conf)
         else:
-            images, labels, split = real_data(cfg)
-            data = classifier_data(images, labels, split, gen_x, gen_y, cfg.stage3.generated_share)
             result = train_and_save(cfg, "stage3", data, STREAM, p.stage3, run)
             if not distributed.is_main():
                 return {}
             metrics = {"val_acc": result.best_val_acc, "best_step": result.best_step,
                        "images_per_second": round(result.images_per_second, 1),
-                       "generated_share_per_batch": cfg.stage3.generated_share}
+                       "generated_share_per_batch": c.generated_share}
         metrics["generated_share_of_labelled"] = round(data.n_generated / len(data.labelled_x), 4)
         run.metrics(metrics)
         uri = run.classifier_model(p.stage3, data.val_x.shape[1:])
-        run.register_champion_candidate(uri, metrics["val_acc"], cfg)
+        run.register(uri, tracking.CLASSIFIER_REGISTRY_NAME, "val_acc", metrics["val_acc"], cfg,
+                     higher_is_better=True)
     write_json(p.metrics / "stage3.json", metrics)
     return metrics

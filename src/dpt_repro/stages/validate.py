@@ -20,7 +20,7 @@ from dpt_repro.errors import GateFailed, UserError
 from dpt_repro.gates import suites
 from dpt_repro.gates.core import run_gate, summary_lines
 from dpt_repro.stages.split import read_split
-from dpt_repro.io import atomic_dir, atomic_path, read_parquet, write_json
+from dpt_repro.io import atomic_dir, atomic_path, read_parquet, require_inputs, write_json
 
 log = logging.getLogger("dpt_repro")
 
@@ -88,13 +88,14 @@ def _mix(cfg: Config):
 BUILDERS = {"prepared": _prepared, "split": _split, "pseudo_labels": _pseudo_labels, "generated": _generated,
             "mix": _mix}
 INPUTS = {"prepared": ("prepared",), "split": ("prepared", "split"), "pseudo_labels": ("pseudo_labels", "split"),
-          "generated": ("generated",), "mix": ("split", "generated")}
+          "generated": ("generated", "stage1"), "mix": ("split", "generated")}
 
 
 def run(cfg: Config, params_file: Path, gate: str = "pseudo_labels") -> dict:
     if gate not in BUILDERS:
         raise UserError(f"unknown gate {gate!r} (valid: {', '.join(BUILDERS)})")
     p = paths(cfg)
+    require_inputs(*(getattr(p, name) for name in INPUTS[gate]))
     tables, checks = BUILDERS[gate](cfg)
     docs = p.gate_docs / gate
     with atomic_dir(docs) as tmp:
@@ -111,9 +112,9 @@ def run(cfg: Config, params_file: Path, gate: str = "pseudo_labels") -> dict:
         run.datasets(**{name: getattr(p, name) for name in INPUTS[gate]})
         run.dict(report, f"gate_{gate}.json")
         run.artifacts(docs, f"data_docs_{gate}")
-    if not report["success"]:
-        failed = [line for line in lines if line.startswith("FAIL")]
-        raise GateFailed(f"gate {gate} failed ({len(failed)} of {len(lines)} checks):\n  " + "\n  ".join(failed))
+        if not report["success"]:  # raised inside the run, so MLflow marks the gate's run FAILED
+            failed = [line for line in lines if line.startswith("FAIL")]
+            raise GateFailed(f"gate {gate} failed ({len(failed)} of {len(lines)} checks):\n  " + "\n  ".join(failed))
     with atomic_path(marker) as tmp:
         tmp.write_text("passed\n")
     return report
