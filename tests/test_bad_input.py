@@ -230,3 +230,17 @@ def test_profile_and_report_refuse_bad_files_names_and_options(workspace, tmp_pa
         assert_refused(invoke(repo, args), args, needle)
     assert not (tmp_path / "out.yaml").exists() and not (tmp_path / "r").exists()
     assert finished_outputs(repo) == before
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["eval.fid_images_per_class=1"], "class_fid: class 0 has 1 generated images, needs at least 2"),
+    (["eval.inception_logits_weights=w.npy", f"eval.inception_logits_sha256={'a' * 64}"],
+     "eval.inception_score_split is 500, but evaluate has 80 generated images"),
+])
+def test_evaluate_refuses_generation_metric_sizes_the_sets_cannot_meet(workspace, sets, needle):
+    """Checked on the finished smoke pipeline's real outputs, before the test set or the Inception network runs
+    (`w.npy` does not exist: the size check comes before the weights are read)."""
+    repo, before = workspace
+    args = ["evaluate", *(a for s in sets for a in ("-S", s))]
+    assert_refused(invoke(repo, args), args, needle)
+    assert finished_outputs(repo) == before

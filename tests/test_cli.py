@@ -140,27 +140,3 @@ def test_a_corrupt_pseudo_label_table_is_reported(workdir):
     result = runner.invoke(app, ["validate", "pseudo_labels"])
     assert result.exit_code == 2
     assert "corrupt input: pseudo-labels" in one_error_line(result)
-
-
-@pytest.mark.parametrize("per_class, sets, needle", [
-    (1, [], "class_fid: class 0 has 1 generated images, needs at least 2"),
-    (20, ["eval.inception_logits_weights=w.npy", f"eval.inception_logits_sha256={'a' * 64}"],
-     "eval.inception_score_split is 500, but evaluate has 200 generated images"),
-])
-def test_evaluate_refuses_bad_generation_metric_sizes_before_any_network(workdir, per_class, sets, needle):
-    import json
-
-    from dpt_repro.config import load_config, paths
-    from dpt_repro.io import write_json, write_npz
-
-    p = paths(load_config(workdir / "params.yaml"))
-    write_json(p.generated / "manifest.json", {"images_per_class": per_class, "shards": []})
-    meta = {"split": "train", "n": 30, "resize": "clean", "precision": "float32"}
-    write_npz(p.fid_ref, mu=np.zeros(2), sigma=np.eye(2), features=np.zeros((3, 2), np.float32),
-              spatial_mu=np.zeros(2), spatial_sigma=np.eye(2), pr_features=np.zeros((30, 2), np.float32),
-              class_features=np.zeros((30, 2), np.float32), class_labels=np.repeat(np.arange(10), 3),
-              meta=np.array(json.dumps(meta)))
-    result = runner.invoke(app, ["evaluate", *(a for s in sets for a in ("-S", s))])
-    assert result.exit_code == 2
-    assert needle in one_error_line(result)
-    assert not (workdir / "models").exists()  # no classifier loaded: the check came first

@@ -69,7 +69,7 @@ def test_missing_params_file(tmp_path):
     ("stage2.batch_size=0", "stage2.batch_size must be at least 1, got 0"),
     ("stage2.beta_schedule=foo", "stage2.beta_schedule: unknown 'foo'"),
     ("eval.kid_subset_size=1", "eval.kid_subset_size must be at least 2"),
-    ("eval.pr_images=3", "eval.pr_images must be at least 4 (k = 3 nearest neighbours + 1), got 3"),
+    ("eval.pr_images=3", "eval.pr_images must be at least 4, got 3"),
     ("eval.class_fid_images=1", "eval.class_fid_images must be at least 2, got 1"),
     ("eval.inception_score_split=0", "eval.inception_score_split must be at least 1, got 0"),
     ("eval.inception_logits_weights=w.npy", "eval.inception_logits_sha256 must be the 64-hex-digit SHA-256 of "

@@ -52,6 +52,34 @@ def test_precision_recall_refuse_fewer_than_k_plus_one_points():
         generation.precision_recall(np.zeros((10, 2)), np.zeros((3, 2)))
 
 
+def test_precision_recall_equal_torch_fidelitys_on_the_same_features():
+    """torch-fidelity (an independent implementation: Euclidean distances, torch.cdist) on the same rows and k."""
+    from torch_fidelity.metric_prc import calculate_precision_recall_full
+
+    rng = np.random.default_rng(2)
+    real = rng.normal(size=(400, 64))
+    for fake in (rng.normal(size=(300, 64)), rng.normal(0.3, 0.8, size=(300, 64)), np.repeat(real[:30], 10, 0)):
+        theirs = calculate_precision_recall_full(torch.as_tensor(fake), torch.as_tensor(real), neighborhood=3)
+        precision, recall = generation.precision_recall(real, fake)
+        # the same points covered (torch-fidelity returns float32 shares, so compare the counts)
+        assert (round(precision * len(fake)), round(recall * len(real))) == \
+            (round(theirs[0] * len(fake)), round(theirs[1] * len(real)))
+        assert (precision, recall) == pytest.approx(theirs, abs=1e-6)
+
+
+def test_inception_score_agrees_with_torch_fidelitys_on_the_same_logits_and_splits():
+    """torch-fidelity's IS on our shuffled order (its own shuffle uses another RNG), the same near-equal splits."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    logits = np.random.default_rng(3).normal(scale=3.0, size=(1234, 1008))
+    mean, std, splits = generation.inception_score(logits, 250)
+    shuffled = logits[np.random.default_rng(generation.IS_SEED).permutation(len(logits))]
+    theirs = isc_features_to_metric(torch.as_tensor(shuffled), splits=splits, shuffle=False)
+    assert splits == 4
+    assert mean == pytest.approx(theirs["inception_score_mean"], rel=1e-9)
+    assert std == pytest.approx(theirs["inception_score_std"], rel=1e-6)
+
+
 def test_inception_score_of_uniform_and_one_hot_logits():
     uniform = np.zeros((40, 1008))
     assert generation.inception_score(uniform, 10) == (pytest.approx(1.0), pytest.approx(0.0), 4)
