@@ -1,3 +1,4 @@
+import statistics
 import sys
 from pathlib import Path
 
@@ -60,20 +61,54 @@ def test_a_repository_without_finished_experiments_is_a_clear_error(tmp_path):
         report.collect(repo=str(tmp_path))
 
 
-def test_the_claims_section_compares_the_gain_with_retraining_alone_and_the_generators_fids():
+def test_a_claim_holds_when_its_interval_lies_above_zero_and_otherwise_says_how_many_seeds_would_decide():
+    from scipy import stats
+
+    held = report.decide([2.0, 3.0, 2.5])
+    mean, sd, half = 2.5, 0.5, float(stats.t.ppf(0.975, 2)) * 0.5 / 3 ** 0.5
+    assert held == {"n": 3, "mean": mean, "lo": pytest.approx(mean - half), "hi": pytest.approx(mean + half),
+                    "verdict": "holds"}
+    assert report.decide([-2.0, -3.0, -2.5])["verdict"] == "does not hold (the opposite holds)"
+    # a one-sample t-test at 5 % with 80 % power needs n = 10 at effect size 1 and n = 34 at 0.5 (G*Power's values)
+    assert report.seeds_needed(1.0, 1.0) == 10 and report.seeds_needed(-1.0, 2.0) == 34
+    assert report.seeds_needed(0.0, 1.0) is None and report.seeds_needed(0.001, 1.0) is None  # beyond MAX_SEEDS
+    assert report.decide([0.5, 1.5])["verdict"] == ("undecided at 2 seeds; about "
+                                                    f"{report.seeds_needed(1.0, statistics.stdev([0.5, 1.5]))} "
+                                                    "would decide it (80 % power at the measured mean and spread)")
+    assert report.decide([1.0, -1.0])["verdict"].endswith(f"no number up to {report.MAX_SEEDS} would decide at the "
+                                                         "measured mean")
+    assert report.decide([0.4])["verdict"] == "undecided: one seed is an anecdote"
+
+
+def claim_rows():
     rows = [row(1, s, g) for s, g in enumerate((0.020, 0.030, 0.025))]
     rows += [row(1, s, 0.005, **{"stage3.generated_share": 0.0}) for s in range(3)]
-    rows += [row(5, s, 0.01) for s in range(3)]  # FIDs 30, 31, 32: mean 31
-    rows += [dict(row(5, 0, 0.0, **{"stage2.labels": "oracle"}), fid=27.0),
-             dict(row(5, 0, 0.0, **{"stage2.labels": "labelled"}), fid=80.0),
-             dict(row(1, 0, 0.02, **{"sample.images_per_class": 400}), fid=50.0)]  # an ablation: not the main row
-    text = "\n".join(report.claims(report.group_rows(rows)))
-    assert "Claim 1, 1 label(s) per class: DPT gain 2.50 ± 0.50 points over 3 seed(s); significant at 5 %: yes" in text
-    assert "retraining without generated images: 0.50 ± 0.00 points (3 seed(s)); so the generated images " \
-           "themselves (stage 3 with minus without, same seed): 2.00 ± 0.50 points, significant at 5 %: yes" in text
-    assert "Claim 2, 5 label(s) per class: FID of the pseudo-label generator 31.00 (seeds 0, 1, 2); oracle 27.00 " \
-           "(seed 0; ratio 1.15: within 20 %); labelled-only 80.00 (seed 0; pseudo-label generator better)." in text
-    assert "Claim 2, 1 label(s) per class: FID of the pseudo-label generator 31.00 (seeds 0, 1, 2); oracle" in text
+    rows += [row(1, s, g, **{"stage3.protocol": "probe"}) for s, g in enumerate((0.01, -0.02, 0.005))]
+    rows += [row(5, s, 0.01) for s in range(3)]  # FIDs 30, 31, 32; recall 0.5, 0.6, 0.7
+    rows += [dict(row(5, s, 0.0, **{"stage2.labels": "oracle"}), fid=27.0 + s) for s in range(3)]
+    rows += [dict(row(5, s, 0.0, **{"stage2.labels": "labelled"}), fid=20.0 + s, recall=0.2) for s in range(2)]
+    rows += [dict(row(1, 0, 0.02, **{"sample.images_per_class": 400}), fid=50.0)]  # an ablation: not the main row
+    return rows
+
+
+def test_the_claims_are_decided_per_protocol_and_labels_per_class_from_same_seed_differences():
+    found = {(d["protocol"], d["lpc"], d["claim"].split(":")[0].split(" (")[0]): d
+             for d in report.decisions(report.group_rows(claim_rows()))}
+    gain = found[("retrain", 1, "DPT gain")]
+    assert (gain["n"], gain["mean"], gain["verdict"]) == (3, pytest.approx(2.5), "holds")
+    own = found[("retrain", 1, "the generated images' own effect")]  # 2.5 - 0.5 per seed: 1.5, 2.5, 2.0
+    assert (own["n"], own["mean"], own["verdict"]) == (3, pytest.approx(2.0), "holds")
+    probe = found[("probe", 1, "DPT gain")]
+    assert probe["n"] == 3 and probe["verdict"].startswith("undecided at 3 seeds; about ")
+    assert ("probe", 1, "the generated images' own effect") not in found  # no probe run without generated images
+    fid = found[("any", 5, "pseudo-label generator's FID below labelled-only's")]
+    assert (fid["n"], fid["mean"], fid["verdict"]) == (2, pytest.approx(-10.0), "does not hold (the opposite holds)")
+    recall = found[("any", 5, "pseudo-label generator's recall above labelled-only's")]
+    assert recall["n"] == 2 and recall["mean"] == pytest.approx(0.35)
+    oracle = found[("any", 5, "pseudo-label generator's FID within 20 % of the oracle's")]
+    assert oracle["n"] == 3 and oracle["mean"] == pytest.approx(1.2 * 28.0 - 31.0) and oracle["verdict"] == "holds"
+    text = "\n".join(report.claims(report.group_rows(claim_rows())))
+    assert "| default | DPT gain: stage 3 minus stage 1 (points) | retrain | 1 | 3 | 2.50 | [" in text
 
 
 def test_claim_2_compares_the_generators_on_every_generation_metric():
@@ -82,12 +117,39 @@ def test_claim_2_compares_the_generators_on_every_generation_metric():
              dict(row(5, 0, 0.0, **{"stage2.labels": "labelled"}), fid=20.0, recall=0.2, near_copy_share=0.53,
                   inception_score=3.5)]
     text = "\n".join(report.claims(report.group_rows(rows)))
-    table = text.split("Claim 2, 5 label(s) per class")[1]
+    table = text.split("### Claim 2's generators, profile `default`, 5 label(s) per class")[1]
     assert "| generator | seeds | FID | KID | sFID | IS | precision | recall | class FID | near-copies % |" in table
     assert "| pseudo-label | 0, 1, 2 | 31.00 ± 1.00 | 0.0100 ± 0.0000 | 21.00 ± 1.00 | – | 0.600 ± 0.000 | " \
            "0.600 ± 0.100 | 40.00 ± 0.00 | 10.0 ± 0.0 |" in table
     assert "| oracle | 0 | 27.00 | 0.0100 | 20.00 | – | 0.600 | 0.700 | 40.00 | 10.0 |" in table
     assert "| labelled-only | 0 | 20.00 | 0.0100 | 20.00 | 3.50 | 0.600 | 0.200 | 40.00 | 53.0 |" in table
+
+
+def test_the_readme_results_block_is_the_summary_of_the_committed_report():
+    """The README's results table is generated (`make report`), never typed: it equals the summary of the rows
+    reports/report.json holds."""
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    rows = json.loads((root / "reports" / "report.json").read_text())["rows"]
+    readme = (root / "README.md").read_text()
+    assert readme == report.readme_with_summary(readme, report.summary(rows)), "run `make report`"
+
+
+def test_the_summary_replaces_only_the_readme_block_and_a_readme_without_one_is_refused(tmp_path):
+    table = report.summary(claim_rows())
+    assert "| default | retrain | 1 | 3 | 60.0 ± 0.0 | 62.5 ± 0.5 | 2.50 [" in table and "| holds | 31.00" in table
+    readme = f"# x\n{report.README_START}\nold\n{report.README_END}\nrest\n"
+    assert report.readme_with_summary(readme, table) == f"# x\n{report.README_START}\n{table}{report.README_END}\nrest\n"
+    with pytest.raises(report.UserError, match="no results block"):
+        report.readme_with_summary("# x\n", table)
+
+
+def test_the_forest_plot_draws_each_decided_claim_1_row(tmp_path):
+    found = report.decisions(report.group_rows(claim_rows()))
+    assert report.forest(found, tmp_path) == ["forest.png"]
+    assert (tmp_path / "forest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report.forest([d for d in found if d["protocol"] == "any"], tmp_path / "none") == []
 
 
 def test_ablations_compare_each_value_on_the_seeds_every_value_ran():
