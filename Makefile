@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+OLD_MLFLOW := .venv-mlflow2/bin/mlflow
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -31,8 +32,15 @@ data:
 repro: setup
 	. $(BIN)/activate && dvc repro
 
-test: setup
+test: setup $(OLD_MLFLOW)
 	. $(BIN)/activate && python -m pytest -q
+
+# An MLflow 2 server for the test of a tracking server of an older major version (its own venv: MLflow 2 and 3
+# cannot share one); its pins in constraints-mlflow2.txt.
+$(OLD_MLFLOW): constraints-mlflow2.txt
+	$(PYTHON) -m venv .venv-mlflow2
+	.venv-mlflow2/bin/pip install -q -c constraints-mlflow2.txt mlflow==2.22.1
+	touch $@
 
 # The whole pipeline on the smoke profile in a throw-away copy of the repository.
 smoke: setup
