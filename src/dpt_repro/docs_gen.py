@@ -142,10 +142,12 @@ def params_page(root: Path = ROOT) -> str:
            "config dataclasses' (`src/dpt_repro/config.py`; a value outside them is refused with one line before "
            "any data is read); **what it does** is the key's comment in `params.yaml`; **invalidates** lists the "
            "DVC stages that declare the key under `params:`, so changing it reruns them and everything downstream "
-           "of them. **Names the output folder of** lists the stages whose paths hold the key "
-           "(`${section.key}` in `dvc.yaml`): another value writes to another folder instead of overwriting. "
-           "Set a key with `-S section.key=value` on any command, with `dvc exp run -S`, or in a "
-           "[profile](../how-to/profiles.md).", ""]
+           "of them. Set a key with `-S section.key=value` on any command, with `dvc exp run -S`, or in a "
+           "[profile](../how-to/profiles.md).", "",
+           "A few keys are also part of the stages' paths (`${section.key}` in `dvc.yaml`): another value reads "
+           "and writes other folders instead of overwriting these, so several settings coexist.", "",
+           *_table(["key", "in the paths of"],
+                   [[f"`{key}`", ", ".join(f"`{s}`" for s in stages)] for key, stages in templated.items()]), ""]
     sections = typing.get_type_hints(config.Config)
     for section in dataclasses.fields(config.Config):
         cls = sections[section.name]
@@ -163,10 +165,8 @@ def params_page(root: Path = ROOT) -> str:
             stages = [s for s in order if s in listed.get(dotted, []) + listed.get(section.name, [])]
             default = json.dumps(f.default) if isinstance(f.default, (str, bool)) else f"{f.default}"
             rows.append([f"`{f.name}`", tp.__name__, f"`{default}`", _valid(tp, dict(f.metadata)), note or "—",
-                         ", ".join(f"`{s}`" for s in stages) or "none",
-                         ", ".join(f"`{s}`" for s in templated.get(dotted, [])) or "—"])
-        out += [*_table(["key", "type", "default", "valid values", "what it does", "invalidates",
-                         "names the output folder of"], rows), ""]
+                         ", ".join(f"`{s}`" for s in stages) or "none"])
+        out += [*_table(["key", "type", "default", "valid values", "what it does", "invalidates"], rows), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
