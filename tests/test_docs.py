@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,3 +111,9 @@ def test_readme_is_short_and_keeps_the_test_command():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= 150, f"README.md has {len(lines)} lines (at most 150): move the detail to docs/"
     assert "make test" in lines, "CI runs the README's test command: keep the line `make test`"
+
+
+def test_readme_links_resolve():
+    targets = re.findall(r"\]\(([^)#\s]+)", (ROOT / "README.md").read_text())
+    missing = [t for t in targets if not t.startswith("http") and not (ROOT / t).exists()]
+    assert targets and not missing, f"README.md links to missing files: {missing}"
