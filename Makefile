@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := False
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup data repro test smoke docs docs-serve docs-gen profile sweep queue-sweep baselines queue-baselines ablate queue-ablate claims start mlflow-ui mlflow-server clean-venv
+.PHONY: setup data repro test smoke docs docs-serve docs-gen screenshots profile sweep queue-sweep baselines queue-baselines ablate queue-ablate claims start mlflow-ui mlflow-server clean-venv
 
 setup: $(STAMP) data
 
@@ -52,6 +52,19 @@ DOCS_PORT ?= 8000
 # report; a test fails while a committed one differs from what this writes.
 docs-gen: setup
 	. $(BIN)/activate && python -m dpt_repro.docs_gen
+
+# Pictures of the real tools for the docs (docs/assets/screenshots/): a smoke workspace with two DVC experiments,
+# made once (23 and 11 min on the shared 2-core CPU, 2026-12-03), then the MLflow UI and the dvc plots page in
+# headless Chromium (Debian's chromium, driven by playwright from the screenshots extra). Look at each picture
+# before committing it.
+SCREENS_WS ?= .dpt/screens-workspace
+screenshots: setup
+	@(test -x /usr/bin/chromium && command -v npm >/dev/null) || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium npm) || \
+	  echo "warning: could not install chromium and npm (for the dvc plots page's vega files); the script will say which"
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,docs,screenshots]"
+	@test -f $(SCREENS_WS)/dvc.lock || (. $(BIN)/activate && python tools/screenshots.py workspace $(SCREENS_WS))
+	. $(BIN)/activate && python tools/screenshots.py shoot $(SCREENS_WS)
 
 # The whole pipeline on the smoke profile in a throw-away copy of the repository.
 smoke: setup
