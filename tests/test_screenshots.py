@@ -39,3 +39,7 @@ def test_no_finished_pipeline(tmp_path):
     result = shoot(tmp_path, "--chromium", sys.executable, "--port", "0")
     refused(result, "no finished pipeline in")
     assert "metrics/eval.json" in result.stderr and "dvc.lock" in result.stderr
+
+
+def test_a_port_chromium_refuses(tmp_path):
+    refused(shoot(tmp_path, "--chromium", sys.executable, "--port", "5060"), "Chromium refuses")

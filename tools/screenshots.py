@@ -36,6 +36,7 @@ OUT = ROOT / "docs" / "assets" / "screenshots"
 # The second experiment changes the guidance scale, so DVC reruns only sampling and what follows. Not 2 labels per
 # class: the smoke profile's barely trained stage 1 then left a class without pseudo-labels and its gate failed.
 EXPERIMENTS = (("smoke-lpc1", []), ("smoke-lpc1-w3", ["-S", "sample.guidance_scale=3.0"]))
+CHROMIUM_BLOCKED = {5060, 5061, 6000, 6566, 6665, 6666, 6667, 6668, 6669, 6697, 10080}  # its unsafe ports above 5000
 IDENTITY = {"GIT_AUTHOR_NAME": "dpt-repro screenshots", "GIT_AUTHOR_EMAIL": "screens@dpt-repro.invalid",
             "GIT_COMMITTER_NAME": "dpt-repro screenshots", "GIT_COMMITTER_EMAIL": "screens@dpt-repro.invalid"}
 
@@ -55,6 +56,7 @@ def run(args: list[str], cwd: Path, **kw) -> str:
 
 def make_workspace(ws: Path) -> None:
     """HEAD's files in a new git repository, the smoke profile committed, then the two experiments."""
+    ws = ws.resolve()
     if ws.exists() and any(ws.iterdir()):
         raise Refused(f"{ws} exists and is not empty: remove it or name another folder")
     ws.mkdir(parents=True, exist_ok=True)
@@ -181,8 +183,11 @@ def showing(page, texts: list[str], what: str, timeout_s: float = 90) -> None:
 
 
 def shoot(ws: Path, out: Path, port: int, chromium: str, js_cache: Path) -> int:
+    ws, out = ws.resolve(), out.resolve()  # commands run inside ws: relative paths would point elsewhere
     if not Path(chromium).is_file():
         raise Refused(f"no Chromium at {chromium}: apt-get install -y chromium (or pass --chromium PATH)")
+    if port in CHROMIUM_BLOCKED:
+        raise Refused(f"port {port} is one Chromium refuses to open (ERR_UNSAFE_PORT): pass another --port")
     if not port_free(port):
         raise Refused(f"port {port} on 127.0.0.1 is busy: pass --port N")
     finished(ws)
