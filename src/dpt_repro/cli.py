@@ -143,8 +143,6 @@ def profile(name: Annotated[str, typer.Argument(help="A profile in configs/, e.g
 @app.command("report")
 def report(num: Annotated[int, typer.Option("--num", help="Experiments of the last N commits.")] = 1,
            out: Annotated[Path, typer.Option("--out", help="Folder for report.md and its pictures.")] = Path("reports"),
-           readme: Annotated[Optional[Path], typer.Option(
-               "--readme", help="Also replace this README's results block with the summary table.")] = None,
            rows: Annotated[Optional[Path], typer.Option(
                "--rows", help="Rebuild from an earlier report.json's rows instead of dvc exp show.")] = None,
            ) -> None:
@@ -155,7 +153,7 @@ def report(num: Annotated[int, typer.Option("--num", help="Experiments of the la
     if num < 1:
         _fail(f"--num must be at least 1 (the experiments of the last N commits), got {num}", 2)
     try:
-        path = write_report(out, num, " ".join(["dpt-repro report", *sys.argv[2:]]), readme, rows)
+        path = write_report(out, num, " ".join(["dpt-repro report", *sys.argv[2:]]), rows)
     except UserError as exc:
         _fail(str(exc), 2)
     typer.echo(f"wrote {path}")

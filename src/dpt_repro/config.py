@@ -412,12 +412,14 @@ def _check(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
-def _bounds(meta: dict) -> str:
+def _number(x: float) -> str:
+    """A bound as written: 4294967296, not 4.29497e+09."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def describe_bounds(meta: dict) -> str:
     """The declared range in words, as the messages and the params reference say it."""
-    lo = f"{meta['ge']:g}" if meta["ge"] is not None else None
-    lo_open = f"{meta['gt']:g}" if meta["gt"] is not None else None
-    hi = f"{meta['le']:g}" if meta["le"] is not None else None
-    hi_open = f"{meta['lt']:g}" if meta["lt"] is not None else None
+    lo, lo_open, hi, hi_open = (_number(meta[b]) if meta[b] is not None else None for b in ("ge", "gt", "le", "lt"))
     if (lo or lo_open) and (hi or hi_open):
         return f"in {'[' + lo if lo else '(' + lo_open}, {hi + ']' if hi else hi_open + ')'}"
     if lo is not None:
@@ -442,7 +444,7 @@ def check_field(key: str, value: Any, meta: dict) -> None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         ok = all([meta["ge"] is None or value >= meta["ge"], meta["gt"] is None or value > meta["gt"],
                   meta["le"] is None or value <= meta["le"], meta["lt"] is None or value < meta["lt"]])
-        _check(ok, f"{key} must be {_bounds(meta)}, got {value:g}")
+        _check(ok, f"{key} must be {describe_bounds(meta)}, got {value:g}")
     if isinstance(value, str):
         _check(value != "" or meta.get("empty", False), f"{key} must not be empty")
         _check(len(value) <= MAX_STRING, f"{key} is {len(value)} characters long (at most {MAX_STRING})")
