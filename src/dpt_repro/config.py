@@ -484,6 +484,7 @@ def validate(cfg: Config) -> None:
                f"{name}.backbone: unknown {backbone!r} (valid: cnn, wrn28_2, timm:<model name>)")
     for name in ("stage1", "stage3"):
         validate_augmentation(cfg, name)
+    validate_stage1_batch(cfg)
     share = cfg.stage3.generated_share
     _check(share == -1 or 0 <= share <= 1, f"stage3.generated_share must be -1 (as in the pool) or in [0, 1], "
                                            f"got {share}")
@@ -492,6 +493,19 @@ def validate(cfg: Config) -> None:
            "draws; the probe fits on the whole labelled set at once: use -1 (with the generated images) or 0 "
            "(without)")
     validate_launcher(cfg)
+
+
+def validate_stage1_batch(cfg: Config) -> None:
+    """Stage 1's labelled set is labels_per_class x num_classes images, known before any data is read: a larger
+    labelled batch is refused with the value that fits and the mu that keeps the unlabelled batch (mu x B)."""
+    s1, n = cfg.stage1, cfg.base.labels_per_class * cfg.base.num_classes
+    if s1.algorithm == "probe" or s1.batch_size <= n:
+        return
+    mu = -(-s1.mu * s1.batch_size // n)
+    raise UserError(f"stage1.batch_size {s1.batch_size} is larger than the labelled set (base.labels_per_class "
+                    f"{cfg.base.labels_per_class} x base.num_classes {cfg.base.num_classes} = {n} images): use "
+                    f"stage1.batch_size: {n} (with stage1.mu: {mu} for an unlabelled batch of {mu * n}, about the "
+                    f"{s1.mu * s1.batch_size} of now), or more labels per class")
 
 
 def validate_augmentation(cfg: Config, name: str) -> None:
