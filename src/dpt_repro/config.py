@@ -20,7 +20,7 @@ import yaml
 
 from dpt_repro.errors import UserError
 
-DATASETS = ("fashion-mnist", "cifar10", "imagefolder", "npz")
+DATASETS = ("fashion-mnist", "cifar10", "imagefolder", "npz", "sklearn-digits")
 DEVICES = ("auto", "cpu", "cuda")
 # What an augmentation's shift, rotation or shear brings in from outside the image (grid_sample's modes):
 # "reflection" is FixMatch's pad-and-crop on CIFAR; "zeros" is black, the background of Fashion-MNIST and
