@@ -181,16 +181,6 @@ def test_a_profile_that_forbids_flips_refuses_one():
     assert ops == ("rotate", "equalize")
 
 
-def test_a_stage1_batch_larger_than_the_labelled_set_is_refused_before_any_data_with_the_value_to_use():
-    with pytest.raises(UserError) as err:
-        load_config(ROOT / "params.yaml", ["base.num_classes=5"])
-    assert str(err.value) == ("stage1.batch_size 10 is larger than the labelled set (base.labels_per_class 1 x "
-                              "base.num_classes 5 = 5 images): use stage1.batch_size: 5 (with stage1.mu: 14 for an "
-                              "unlabelled batch of 70, about the 70 of now), or more labels per class")
-    assert load_config(ROOT / "params.yaml", ["base.num_classes=5", "base.labels_per_class=2"]).stage1.batch_size == 10
-    assert load_config(ROOT / "params.yaml", ["base.num_classes=5", "stage1.algorithm=probe"])
-
-
 def test_an_empty_params_file_is_refused_and_an_explicit_empty_mapping_means_defaults(tmp_path):
     for text in ("", "# only a comment\n"):
         with pytest.raises(UserError, match="is empty: name a params file with sections"):

@@ -484,7 +484,6 @@ def validate(cfg: Config) -> None:
                f"{name}.backbone: unknown {backbone!r} (valid: cnn, wrn28_2, timm:<model name>)")
     for name in ("stage1", "stage3"):
         validate_augmentation(cfg, name)
-    validate_stage1_batch(cfg)
     share = cfg.stage3.generated_share
     _check(share == -1 or 0 <= share <= 1, f"stage3.generated_share must be -1 (as in the pool) or in [0, 1], "
                                            f"got {share}")
@@ -497,7 +496,8 @@ def validate(cfg: Config) -> None:
 
 def validate_stage1_batch(cfg: Config) -> None:
     """Stage 1's labelled set is labels_per_class x num_classes images, known before any data is read: a larger
-    labelled batch is refused with the value that fits and the mu that keeps the unlabelled batch (mu x B)."""
+    labelled batch is refused with the value that fits and the mu that keeps the unlabelled batch (mu x B).
+    Stage 1 checks it first; `validate` does not, so that `prepare` and `split` run on params sized for them."""
     s1, n = cfg.stage1, cfg.base.labels_per_class * cfg.base.num_classes
     if s1.algorithm == "probe" or s1.batch_size <= n:
         return
