@@ -171,6 +171,9 @@ def bad_values(key: str, tp: type, default, meta: dict) -> list[tuple[str, str]]
     cases = [("empty", "")] if not (tp is str and meta.get("empty")) else []
     if tp is bool:
         return cases + [("wrong type", "5"), ("absurd", "maybe")]
+    if typing.get_origin(tp) is tuple:  # a list of names
+        return cases + [("wrong type", "5"), ("out of range", "[no-such-value]"), ("empty list", "[]"),
+                        ("repeated", f"[{default[0]}, {default[0]}]"), ("absurd", f"[{'x' * 5000}]")]
     if tp is str:
         cases += [("wrong type", "[a, b]"), ("absurd", "x" * 5000)]
         if meta.get("choices"):

@@ -90,6 +90,17 @@ def tiny_prepared(workdir):
     return common
 
 
+def test_a_stage1_batch_larger_than_the_labelled_set_is_refused_first_with_the_value_to_use(workdir):
+    result = runner.invoke(app, ["stage1", "-S", "base.num_classes=5"])  # no data here: refused before reading any
+    assert result.exit_code == 2
+    assert one_error_line(result) == (
+        "error: stage1.batch_size 10 is larger than the labelled set (base.labels_per_class 1 x base.num_classes 5 "
+        "= 5 images): use stage1.batch_size: 5 (with stage1.mu: 14 for an unlabelled batch of 70, about the 70 of "
+        "now), or more labels per class")
+    missing = runner.invoke(app, ["stage1", "-S", "base.num_classes=5", "-S", "base.labels_per_class=2"])
+    assert "missing input" in one_error_line(missing)  # 10 labelled images: the batch fits, the data is missing
+
+
 def test_labels_above_what_a_class_has_is_refused(workdir, tiny_prepared):
     result = runner.invoke(app, ["split", "--labels-per-class", "4", *tiny_prepared])
     assert result.exit_code == 2

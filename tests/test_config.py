@@ -149,6 +149,43 @@ def test_non_finite_oversized_empty_and_unknown_values_are_refused(override, nee
     assert needle in str(err.value)
 
 
+@pytest.mark.parametrize("override, needle", [
+    ("stage1.randaugment_ops=[rotate, warp]", "stage1.randaugment_ops: unknown 'warp' (valid: rotate, shear_x,"),
+    ("stage3.randaugment_ops=[]", "stage3.randaugment_ops must name at least one (valid: rotate,"),
+    ("stage1.randaugment_ops=[rotate, rotate]", "stage1.randaugment_ops names an op twice"),
+    ("stage1.randaugment_ops=rotate", "'stage1.randaugment_ops' must be a list of names, e.g. [a, b], got 'rotate'"),
+    ("stage1.randaugment_magnitude_max=1.5", "stage1.randaugment_magnitude_max must be in [0, 1], got 1.5"),
+    ("stage3.shift=0.6", "stage3.shift must be in [0, 0.5], got 0.6"),
+    ("stage3.cutout=-0.1", "stage3.cutout must be in [0, 1], got -0.1"),
+    ("stage1.randaugment_num_ops=15", "stage1.randaugment_num_ops must be in [0, 14], got 15"),
+])
+def test_bad_augmentation_values_name_the_value_and_the_valid_ones(override, needle):
+    with pytest.raises(UserError) as err:
+        load_config(ROOT / "params.yaml", [override])
+    assert needle in str(err.value)
+
+
+def test_the_magnitude_range_is_a_range():
+    with pytest.raises(UserError, match=r"^stage3.randaugment_magnitude_min 0.8 is above "
+                                        r"stage3.randaugment_magnitude_max 0.5$"):
+        load_config(ROOT / "params.yaml", ["stage3.randaugment_magnitude_min=0.8",
+                                           "stage3.randaugment_magnitude_max=0.5"])
+
+
+def test_a_profile_that_forbids_flips_refuses_one():
+    no_flips = ["base.profile=digits", "base.allow_flips=false", "stage1.hflip=false", "stage3.hflip=false"]
+    cfg = load_config(ROOT / "params.yaml", no_flips)
+    assert not cfg.stage1.hflip and not cfg.stage3.vflip
+    for override in ("stage3.hflip=true", "stage1.vflip=true"):
+        with pytest.raises(UserError) as err:
+            load_config(ROOT / "params.yaml", [*no_flips, override])
+        key = override.split("=")[0]
+        assert str(err.value) == (f"{key}: true is refused by profile 'digits' (base.allow_flips: false: a mirrored "
+                                  "image is another class or none) (valid: false)")
+    ops = load_config(ROOT / "params.yaml", ["stage1.randaugment_ops=[rotate, equalize]"]).stage1.randaugment_ops
+    assert ops == ("rotate", "equalize")
+
+
 def test_an_empty_params_file_is_refused_and_an_explicit_empty_mapping_means_defaults(tmp_path):
     for text in ("", "# only a comment\n"):
         with pytest.raises(UserError, match="is empty: name a params file with sections"):

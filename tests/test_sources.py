@@ -16,6 +16,26 @@ def test_fashion_mnist_decodes_and_verifies():
     assert abs(raw.train_images.mean() / 255 - 0.2860) < 1e-3
 
 
+def test_sklearn_digits_are_laid_out_as_mnist_and_split_by_class():
+    from sklearn.datasets import load_digits
+
+    raw = load_raw(BaseConfig(dataset="sklearn-digits"), PrepareConfig())
+    assert raw.train_images.shape == (1438, 28, 28, 1) and raw.test_images.shape == (359, 28, 28, 1)
+    assert np.bincount(raw.train_labels).min() == 139 and np.bincount(raw.test_labels).min() == 35
+    assert raw.train_images[:, :4].max() == 0 and raw.train_images[:, 24:].max() == 0  # MNIST's 4-pixel border
+    assert raw.train_images.max() == 255
+    # the 20x20 digit, shrunk back to 8x8, is the original (up to the bilinear round trip)
+    from PIL import Image
+
+    originals = {d.tobytes(): int(t) for d, t in zip(np.round(load_digits().images * 255 / 16).astype(np.uint8),
+                                                      load_digits().target)}
+    back = np.asarray(Image.fromarray(raw.train_images[0, 4:24, 4:24, 0]).resize((8, 8), Image.BILINEAR), int)
+    nearest = min(originals, key=lambda k: np.abs(np.frombuffer(k, np.uint8).reshape(8, 8) - back).sum())
+    assert originals[nearest] == raw.train_labels[0]
+    with pytest.raises(UserError, match=r"base.channels 3 does not fit base.dataset 'sklearn-digits' \(valid: 1\)"):
+        load_raw(BaseConfig(dataset="sklearn-digits", channels=3), PrepareConfig())
+
+
 def test_image_folder_source_resizes_and_splits(tmp_path):
     from PIL import Image
 

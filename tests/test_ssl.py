@@ -80,10 +80,10 @@ def test_augmentations_keep_shape_and_range_and_follow_the_generator():
 def test_zero_padding_shifts_in_black_where_reflection_repeats_the_image():
     white = torch.ones(64, 1, 28, 28)
     assert torch.equal(augment.weak(white, generator(0, 1, 5)), white)
-    shifted = augment.weak(white, generator(0, 1, 5), padding="zeros")
+    shifted = augment.weak(white, generator(0, 1, 5), augment.Policy(padding="zeros"))
     assert shifted.amin(dim=(1, 2, 3)).lt(0.01).float().mean() > 0.5  # most images got a black border
     x = torch.rand(64, 1, 28, 28)
-    a, b = (augment.strong(x, generator(0, 1, 5), padding=p) for p in ("reflection", "zeros"))
+    a, b = (augment.strong(x, generator(0, 1, 5), augment.Policy(padding=p)) for p in ("reflection", "zeros"))
     assert not torch.equal(a, b) and b.min() >= 0 and b.max() <= 1
 
 

@@ -20,12 +20,15 @@ import yaml
 
 from dpt_repro.errors import UserError
 
-DATASETS = ("fashion-mnist", "cifar10", "imagefolder", "npz")
+DATASETS = ("fashion-mnist", "cifar10", "imagefolder", "npz", "sklearn-digits")
 DEVICES = ("auto", "cpu", "cuda")
 # What an augmentation's shift, rotation or shear brings in from outside the image (grid_sample's modes):
 # "reflection" is FixMatch's pad-and-crop on CIFAR; "zeros" is black, the background of Fashion-MNIST and
 # MNIST, where a reflected border mirrors a sleeve or a strap into the picture.
 PADDINGS = ("reflection", "zeros", "border")
+# RandAugment's ops, in the order of data/augment.py's OPS (a test keeps them equal): geometric, then colour.
+AUGMENT_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y", "identity", "autocontrast",
+               "brightness", "color", "contrast", "posterize", "sharpness", "solarize", "equalize")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 FID_RESIZES = ("clean", "legacy_tensorflow")
 GENERATOR_LABELS = ("pseudo", "oracle", "labelled")
@@ -39,7 +42,8 @@ MAX_STRING = 4096  # longest string value (PATH_MAX): a longer one is a pasting 
 def param(default: Any, *, choices: typing.Sequence[Any] = (), ge: float | None = None, gt: float | None = None,
           le: float | None = None, lt: float | None = None, empty: bool = False) -> Any:
     """A params key with the values it accepts: `choices`, or bounds (`ge`/`gt` below, `le`/`lt` above); for a
-    string, `empty` says whether "" is a valid value. `check_field` enforces them, the tests derive bad values
+    string, `empty` says whether "" is a valid value; for a list of names (`tuple[str, ...]`), `choices` are the
+    names it may hold, each once, at least one. `check_field` enforces them, the tests derive bad values
     from them, so a key declared here is validated and tested without further code."""
     return field(default=default, metadata={"choices": tuple(choices), "ge": ge, "gt": gt, "le": le, "lt": lt,
                                             "empty": empty})
@@ -55,6 +59,7 @@ class BaseConfig:
     channels: int = param(1, choices=(1, 3))
     labels_per_class: int = param(1, ge=1)
     val_per_class: int = param(100, ge=1)
+    allow_flips: bool = True  # false: a mirrored image is another class or none (digits, text): flips refused
     seed: int = param(0, ge=0, lt=2 ** 32)  # numpy and torch seeds are 32-bit on some paths
     device: str = param("auto", choices=DEVICES)
     threads: int = param(0, ge=0, le=4096)  # 0: all cores
@@ -90,7 +95,17 @@ class ClassifierConfig:
     checkpoint_every: int = param(250, ge=1)
     eval_batch_size: int = param(1000, ge=1)
     bn_recalibration_images: int = param(0, ge=0)  # >0: EMA BatchNorm statistics recomputed on this many images
+    # The views (data/augment.py's Policy): the defaults are FixMatch's; docs/augmentations.md says which suit
+    # which data
+    hflip: bool = True  # random left-right mirror
+    vflip: bool = False  # random up-down mirror (aerial, microscopy images)
+    shift: float = param(0.125, ge=0.0, le=0.5)  # pad-and-crop shift, up to this share of the side
     padding: str = param("reflection", choices=PADDINGS)  # what augmentations shift in from outside the image
+    randaugment_ops: tuple[str, ...] = param(AUGMENT_OPS, choices=AUGMENT_OPS)  # the strong view's op pool
+    randaugment_num_ops: int = param(2, ge=0, le=len(AUGMENT_OPS))  # ops per strong view; 0: no RandAugment
+    randaugment_magnitude_min: float = param(0.0, ge=0.0, le=1.0)  # each op's magnitude is drawn in [min, max]
+    randaugment_magnitude_max: float = param(1.0, ge=0.0, le=1.0)  # of its largest (rotate 30 degrees, ...)
+    cutout: float = param(0.5, ge=0.0, le=1.0)  # largest cutout square's side, share of the image; 0: none
 
 
 @dataclass
@@ -328,6 +343,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         value = float(value)
     if tp is int and isinstance(value, float) and value.is_integer():
         value = int(value)
+    if typing.get_origin(tp) is tuple:
+        _check(isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
+               f"params: '{key}' must be a list of names, e.g. [a, b], got {value!r}")
+        return tuple(value)
     if tp in (int, float, str, bool):
         if isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool)):
             return value
@@ -433,6 +452,13 @@ def describe_bounds(meta: dict) -> str:
 
 def check_field(key: str, value: Any, meta: dict) -> None:
     """One key against its declaration (`param`): choices, bounds, finite numbers, sane strings."""
+    if isinstance(value, tuple):
+        valid = f"(valid: {', '.join(meta['choices'])})"
+        _check(len(value) > 0, f"{key} must name at least one {valid}")
+        for v in value:
+            _check(v in meta["choices"], f"{key}: unknown {v!r} {valid}")
+        _check(len(set(value)) == len(value), f"{key} names an op twice: {list(value)}")
+        return
     if meta.get("choices"):
         _check(value in meta["choices"],
                f"{key}: unknown {value!r} (valid: {', '.join(str(c) for c in meta['choices'])})")
@@ -464,6 +490,8 @@ def validate(cfg: Config) -> None:
         backbone = getattr(cfg, name).backbone
         _check(backbone in ("cnn", "wrn28_2") or (backbone.startswith("timm:") and len(backbone) > 5),
                f"{name}.backbone: unknown {backbone!r} (valid: cnn, wrn28_2, timm:<model name>)")
+    for name in ("stage1", "stage3"):
+        validate_augmentation(cfg, name)
     share = cfg.stage3.generated_share
     _check(share == -1 or 0 <= share <= 1, f"stage3.generated_share must be -1 (as in the pool) or in [0, 1], "
                                            f"got {share}")
@@ -476,6 +504,32 @@ def validate(cfg: Config) -> None:
            f"eval.inception_logits_sha256 must be the 64-hex-digit SHA-256 of eval.inception_logits_weights "
            f"({e.inception_logits_weights}), got {e.inception_logits_sha256!r}")
     validate_launcher(cfg)
+
+
+def validate_stage1_batch(cfg: Config) -> None:
+    """Stage 1's labelled set is labels_per_class x num_classes images, known before any data is read: a larger
+    labelled batch is refused with the value that fits and the mu that keeps the unlabelled batch (mu x B).
+    Stage 1 checks it first; `validate` does not, so that `prepare` and `split` run on params sized for them."""
+    s1, n = cfg.stage1, cfg.base.labels_per_class * cfg.base.num_classes
+    if s1.algorithm == "probe" or s1.batch_size <= n:
+        return
+    mu = -(-s1.mu * s1.batch_size // n)
+    raise UserError(f"stage1.batch_size {s1.batch_size} is larger than the labelled set (base.labels_per_class "
+                    f"{cfg.base.labels_per_class} x base.num_classes {cfg.base.num_classes} = {n} images): use "
+                    f"stage1.batch_size: {n} (with stage1.mu: {mu} for an unlabelled batch of {mu * n}, about the "
+                    f"{s1.mu * s1.batch_size} of now), or more labels per class")
+
+
+def validate_augmentation(cfg: Config, name: str) -> None:
+    """A magnitude range that is one, and no flip where the profile says a mirror image changes the class."""
+    c = getattr(cfg, name)
+    _check(c.randaugment_magnitude_min <= c.randaugment_magnitude_max,
+           f"{name}.randaugment_magnitude_min {c.randaugment_magnitude_min:g} is above "
+           f"{name}.randaugment_magnitude_max {c.randaugment_magnitude_max:g}")
+    for key in ("hflip", "vflip"):
+        _check(cfg.base.allow_flips or not getattr(c, key),
+               f"{name}.{key}: true is refused by profile {cfg.base.profile!r} (base.allow_flips: false: a mirrored "
+               f"image is another class or none) (valid: false)")
 
 
 def validate_launcher(cfg: Config) -> None:

@@ -10,6 +10,7 @@ the CPU and moved to the images' device, so a GPU run draws the same augmentatio
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,22 @@ GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
 COLOUR = ("identity", "autocontrast", "brightness", "color", "contrast", "posterize", "sharpness", "solarize",
           "equalize")
 OPS = GEOMETRIC + COLOUR
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the views may do to an image. The defaults are FixMatch's, and what every view did before they became
+    params: a mirrored image must still show its class for `hflip`/`vflip` (clothes, photos: yes; digits, text:
+    no). A switched-off option draws nothing from the generator, so the other draws stay as they were."""
+
+    hflip: bool = True                      # random left-right mirror
+    vflip: bool = False                     # random up-down mirror (aerial, microscopy)
+    shift: float = 0.125                    # pad-and-crop: up to this share of the side, each axis
+    padding: str = "reflection"             # what a shift brings in: grid_sample's reflection | zeros | border
+    ops: tuple[str, ...] = OPS              # RandAugment's pool (strong view)
+    num_ops: int = 2                        # ops per image; 0: no RandAugment
+    magnitude: tuple[float, float] = (0.0, 1.0)  # each op's magnitude, drawn in this range of its maximum
+    cutout: float = 0.5                     # largest cutout side, as a share of the image; 0: no cutout
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tensor:
@@ -33,22 +50,20 @@ def _affine(x: torch.Tensor, theta: torch.Tensor, padding: str) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
 
-def _flip_translate(n: int, size: int, g: torch.Generator, flip: bool, pad: float) -> torch.Tensor:
-    """Affine matrices for a random horizontal flip and an integer pad-and-crop shift of up to `pad` of size."""
+def _flip_translate(n: int, size: int, g: torch.Generator, policy: Policy) -> torch.Tensor:
+    """Affine matrices for the random flips and an integer pad-and-crop shift of up to `policy.shift` of size."""
     theta = torch.zeros(n, 2, 3)
-    sx = _sign(n, g) if flip else torch.ones(n)
-    theta[:, 0, 0] = sx
-    theta[:, 1, 1] = 1.0
-    max_shift = int(round(pad * size))
+    theta[:, 0, 0] = _sign(n, g) if policy.hflip else torch.ones(n)
+    theta[:, 1, 1] = _sign(n, g) if policy.vflip else torch.ones(n)
+    max_shift = int(round(policy.shift * size))
     shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=g).float()
     theta[:, :, 2] = shifts * 2.0 / size
     return theta
 
 
-def weak(x: torch.Tensor, g: torch.Generator, flip: bool = True, pad: float = 0.125,
-         padding: str = "reflection") -> torch.Tensor:
-    """Flip and pad-and-crop (the FixMatch weak view)."""
-    return _affine(x, _flip_translate(len(x), x.shape[-1], g, flip, pad), padding)
+def weak(x: torch.Tensor, g: torch.Generator, policy: Policy = Policy()) -> torch.Tensor:
+    """Flips and pad-and-crop (the FixMatch weak view)."""
+    return _affine(x, _flip_translate(len(x), x.shape[-1], g, policy), policy.padding)
 
 
 def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -110,7 +125,8 @@ def _colour(name: str, x: torch.Tensor, m: torch.Tensor, g: torch.Generator) -> 
     raise ValueError(name)
 
 
-def _geometric_theta(ops: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+def _geometric_theta(ops: torch.Tensor, size: int, g: torch.Generator,
+                     magnitude: tuple[float, float]) -> torch.Tensor:
     """Compose the chosen geometric ops of each image into one affine matrix."""
     n = len(ops)
     theta = torch.eye(3).repeat(n, 1, 1)
@@ -118,7 +134,7 @@ def _geometric_theta(ops: torch.Tensor, size: int, g: torch.Generator) -> torch.
         on = (ops == k).any(1)
         if not on.any():
             continue
-        m = _uniform(n, 0, 1, g) * _sign(n, g)
+        m = _uniform(n, *magnitude, g) * _sign(n, g)
         a = torch.eye(3).repeat(n, 1, 1)
         if name == "rotate":
             ang = m * math.radians(30)
@@ -148,19 +164,20 @@ def cutout(x: torch.Tensor, g: torch.Generator, max_frac: float = 0.5, fill: flo
     return torch.where(hole.unsqueeze(1), torch.full_like(x, fill), x)
 
 
-def strong(x: torch.Tensor, g: torch.Generator, num_ops: int = 2, flip: bool = True,
-           padding: str = "reflection") -> torch.Tensor:
-    """Weak view, then RandAugment (num_ops random ops per image, random magnitude), then cutout."""
+def strong(x: torch.Tensor, g: torch.Generator, policy: Policy = Policy()) -> torch.Tensor:
+    """Weak view, then RandAugment (`policy.num_ops` ops per image from `policy.ops`, each with a random
+    magnitude), then cutout."""
     n, size = len(x), x.shape[-1]
-    ops = torch.randint(0, len(OPS), (n, num_ops), generator=g)
-    base = _flip_translate(n, size, g, flip, 0.125)
+    pool = torch.tensor([OPS.index(name) for name in policy.ops])
+    ops = pool[torch.randint(0, len(pool), (n, policy.num_ops), generator=g)]
+    base = _flip_translate(n, size, g, policy)
     base3 = torch.cat([base, torch.tensor([0.0, 0.0, 1.0]).expand(n, 1, 3)], 1)
-    theta = (_geometric_theta(ops, size, g) @ base3)[:, :2]
-    x = _affine(x, theta, padding)
+    theta = (_geometric_theta(ops, size, g, policy.magnitude) @ base3)[:, :2]
+    x = _affine(x, theta, policy.padding)
     for k, name in enumerate(COLOUR, start=len(GEOMETRIC)):
         on = (ops == k).any(1)
         if not on.any():
             continue
-        m = _uniform(n, 0, 1, g)
+        m = _uniform(n, *policy.magnitude, g)
         x = torch.where(on.to(x.device).view(-1, 1, 1, 1), _colour(name, x, m, g), x)
-    return cutout(x, g)
+    return cutout(x, g, policy.cutout) if policy.cutout > 0 else x

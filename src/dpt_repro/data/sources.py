@@ -291,11 +291,39 @@ def npz_file(base: BaseConfig, prep: PrepareConfig) -> RawData:
     return RawData(*_split_train_test(x, y, prep), names, base.data_path)
 
 
-# Sources read whole (small: Fashion-MNIST, CIFAR-10, an .npz) and sources streamed file by file.
+def sklearn_digits(base: BaseConfig, prep: PrepareConfig) -> RawData:
+    """scikit-learn's handwritten digits (`sklearn.datasets.load_digits`, the UCI optdigits set: 1,797 images of
+    8x8 pixels in 17 grey levels, about 180 per class; no network needed), laid out as MNIST is: levels 0..16 scaled
+    to 0..255, each digit resized (PIL bilinear) to 20/28 of `base.image_size` and centred on a black canvas
+    (28x28: a 20x20 digit, 4 pixels of border). No test split ships: `prepare.test_fraction` of each class."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    expected = {"base.num_classes": (base.num_classes, 10), "base.channels": (base.channels, 1)}
+    for key, (value, want) in expected.items():
+        if value != want:
+            raise UserError(f"{key} {value} does not fit base.dataset 'sklearn-digits' (valid: {want})")
+    if base.data_path:
+        raise UserError(f"base.data_path {base.data_path!r}: base.dataset 'sklearn-digits' ships with scikit-learn "
+                        "and reads no file (valid: \"\")")
+    digits = load_digits()
+    side = base.image_size
+    inner, border = round(side * 20 / 28), (side - round(side * 20 / 28)) // 2
+    images = np.zeros((len(digits.images), side, side, 1), np.uint8)
+    for i, im in enumerate(digits.images):
+        small = Image.fromarray(np.round(im * 255 / 16).astype(np.uint8))
+        images[i, border:border + inner, border:border + inner, 0] = small.resize((inner, inner), Image.BILINEAR)
+    names = [str(d) for d in digits.target_names]
+    return RawData(*_split_train_test(images, digits.target.astype(np.int64), prep), names,
+                   "sklearn.datasets.load_digits")
+
+
+# Sources read whole (small: Fashion-MNIST, CIFAR-10, an .npz, scikit-learn's digits) and sources streamed file by file.
 SOURCES: dict[str, Callable[[BaseConfig, PrepareConfig], RawData]] = {
     "fashion-mnist": fashion_mnist,
     "cifar10": cifar10,
     "npz": npz_file,
+    "sklearn-digits": sklearn_digits,
 }
 STREAMED: dict[str, Callable[[BaseConfig, PrepareConfig], RawStream]] = {"imagefolder": image_folder}
 

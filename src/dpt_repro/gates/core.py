@@ -54,8 +54,11 @@ def _describe(result, table: str) -> dict:
         observed = f"{r['unexpected_count']} unexpected, e.g. {_jsonable(r.get('partial_unexpected_list', [])[:5])}"
     elif isinstance(observed, dict):
         observed = {k: _jsonable(v) for k, v in observed.items()}
-    return {"table": table, "expectation": cfg.type, "success": bool(result.success),
-            "observed": _jsonable(observed), "expected": kwargs}
+    entry = {"table": table, "expectation": cfg.type, "success": bool(result.success),
+             "observed": _jsonable(observed), "expected": kwargs}
+    if not result.success and r.get("partial_unexpected_list"):
+        entry["unexpected"] = _jsonable(r["partial_unexpected_list"][:20])  # the values an override must admit
+    return entry
 
 
 def run_gate(gate: str, tables: list[Table], checks: list[Check], docs_dir: Path | None = None,

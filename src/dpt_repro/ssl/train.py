@@ -159,6 +159,14 @@ def recalibrate_batchnorm(model: nn.Module, images: np.ndarray, n: int, batch_si
     model.eval()
 
 
+def augmentation(cfg: ClassifierConfig) -> augment.Policy:
+    """The views a stage's params describe."""
+    return augment.Policy(hflip=cfg.hflip, vflip=cfg.vflip, shift=cfg.shift, padding=cfg.padding,
+                          ops=tuple(cfg.randaugment_ops), num_ops=cfg.randaugment_num_ops,
+                          magnitude=(cfg.randaugment_magnitude_min, cfg.randaugment_magnitude_max),
+                          cutout=cfg.cutout)
+
+
 def validate_batch_sizes(cfg: ClassifierConfig, data: ClassifierData, section: str) -> None:
     if cfg.batch_size > len(data.labelled_x):
         raise UserError(f"{section}.batch_size {cfg.batch_size} is larger than the labelled set "
@@ -189,6 +197,7 @@ def train_classifier(cfg: ClassifierConfig, data: ClassifierData, *, num_classes
     xu = to_float(data.unlabelled_x).to(device) if algo.uses_unlabelled else None
     b = cfg.batch_size // world  # this rank's share of the global batch (config checks it divides)
     n_u = cfg.mu * b
+    policy = augmentation(cfg)
     result = TrainResult(state_dict={}, best_step=-1, best_val_acc=-1.0)
     start = 0
     if checkpoint is not None and checkpoint.is_file():
@@ -215,10 +224,10 @@ def train_classifier(cfg: ClassifierConfig, data: ClassifierData, *, num_classes
             for group in opt.param_groups:
                 group["lr"] = lr
             idx_l = labelled_batch(data, b, g).to(device)
-            views = [augment.weak(xl[idx_l], g, padding=cfg.padding)]
+            views = [augment.weak(xl[idx_l], g, policy)]
             if xu is not None:
                 u = xu[torch.randint(len(xu), (n_u,), generator=g).to(device)]
-                views += [augment.weak(u, g, padding=cfg.padding), augment.strong(u, g, padding=cfg.padding)]
+                views += [augment.weak(u, g, policy), augment.strong(u, g, policy)]
             logits = model(normalize(torch.cat(views)))
             logits_x = logits[:b]
             logits_w, logits_s = (logits[b:].chunk(2) if xu is not None else (None, None))

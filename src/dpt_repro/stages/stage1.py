@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dpt_repro import distributed, tracking
-from dpt_repro.config import Config, paths
+from dpt_repro.config import Config, paths, validate_stage1_batch
 from dpt_repro.io import require_inputs, write_json
 from dpt_repro.ssl.train import build_classifier
 from dpt_repro.stages.classifier import classifier_data, fit_probe_and_save, probe_data, real_data, train_and_save
@@ -24,6 +24,7 @@ def probe(cfg: Config, data) -> dict:
 
 
 def run(cfg: Config, params_file: Path) -> dict:
+    validate_stage1_batch(cfg)
     p = paths(cfg)
     require_inputs(p.prepared, p.split)
     probing = cfg.stage1.algorithm == "probe"

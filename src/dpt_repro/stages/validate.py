@@ -17,7 +17,7 @@ from dpt_repro import tracking
 from dpt_repro.config import Config, paths
 from dpt_repro.data.shards import generated_count, iter_split, load_generated, load_manifest, select, split_labels
 from dpt_repro.errors import GateFailed, UserError
-from dpt_repro.gates import suites
+from dpt_repro.gates import advice, suites
 from dpt_repro.gates.core import run_gate, summary_lines
 from dpt_repro.stages.split import read_split
 from dpt_repro.io import atomic_dir, atomic_path, read_parquet, require_inputs, write_json
@@ -114,7 +114,11 @@ def run(cfg: Config, params_file: Path, gate: str = "pseudo_labels") -> dict:
         run.artifacts(docs, f"data_docs_{gate}")
         if not report["success"]:  # raised inside the run, so MLflow marks the gate's run FAILED
             failed = [line for line in lines if line.startswith("FAIL")]
-            raise GateFailed(f"gate {gate} failed ({len(failed)} of {len(lines)} checks):\n  " + "\n  ".join(failed))
+            message = f"gate {gate} failed ({len(failed)} of {len(lines)} checks):\n  " + "\n  ".join(failed)
+            if gate in advice.ADVICE:
+                values = advice.context(cfg.base, cfg.stage1, cfg.stage2, cfg.sample)
+                message += "\n" + "\n".join(advice.next_steps(gate, report, values, docs))
+            raise GateFailed(message)
     with atomic_path(marker) as tmp:
         tmp.write_text("passed\n")
     return report
