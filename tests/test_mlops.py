@@ -153,3 +153,21 @@ def test_a_server_of_an_older_major_version_gets_everything_but_the_models(workd
     weights = client.download_artifacts(stage1.info.run_id, "classifier/model.safetensors", str(workdir / "old"))
     local = workdir / "models" / "stage1" / "lpc1-seed0" / "model.safetensors"
     assert Path(weights).read_bytes() == local.read_bytes()
+
+
+def test_an_in_process_stage_leaves_the_environment_as_it_found_it(tmp_path, monkeypatch):
+    """MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI for subprocesses; left set, a later stage of the same
+    process in another folder (or any command it starts) would log to the first folder's store."""
+    from dpt_repro import tracking
+    from dpt_repro.config import Config
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("first", "second"):
+        folder = tmp_path / name
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        (folder / "params.yaml").write_text("{}\n")
+        with tracking.stage_run(Config(), "prepare", ("prepare",), folder / "params.yaml") as run:
+            run.metrics({"images": 1.0})
+        assert "MLFLOW_TRACKING_URI" not in os.environ
+        assert (folder / "mlflow.db").is_file()

@@ -389,26 +389,35 @@ def stage_run(cfg: Config, stage: str, sections: tuple[str, ...], params_file: P
 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI to this process's environment (for subprocesses): restored
+    # at the end, so a later stage in the same process (a test, a notebook) resolves its own store again
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
-    experiment_id, kind = _experiment(mlflow)
-    parent = _pipeline_run(mlflow, cfg, Path(params_file), experiment_id, kind)
-    client = mlflow.tracking.MlflowClient()
-    tags = {**_tags(cfg), "mlflow.parentRunId": parent, "stage": stage}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags):
-        params: dict[str, Any] = {}
-        for name in ("base", *sections):
-            params.update(_flatten(name, cfg.section(name)))
-        mlflow.log_params(params)
-        run = StageRun(mlflow, stage, older_server(uri))
-        run._call("the pipeline run's status", lambda: client.update_run(parent, "RUNNING"))
-        run._call("the pipeline run's links", lambda: client.log_batch(
-            parent, tags=[RunTag(k, v) for k, v in _links(cfg).items()]))
-        run.artifact(params_file, "lineage")
-        if Path("dvc.lock").is_file():
-            run.artifact("dvc.lock", "lineage")
-        yield run
-    # reached only when the stage succeeded (`pipeline_outcome` marks a failure), after its child run ended
-    if stage == RESULTS_STAGE:
-        run._call("the pipeline run's metrics", lambda: client.log_batch(
-            parent, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in _results(cfg).items()]))
-    run._call("the pipeline run's status", lambda: client.set_terminated(parent, "FINISHED"))
+    try:
+        experiment_id, kind = _experiment(mlflow)
+        parent = _pipeline_run(mlflow, cfg, Path(params_file), experiment_id, kind)
+        client = mlflow.tracking.MlflowClient()
+        tags = {**_tags(cfg), "mlflow.parentRunId": parent, "stage": stage}
+        with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags):
+            params: dict[str, Any] = {}
+            for name in ("base", *sections):
+                params.update(_flatten(name, cfg.section(name)))
+            mlflow.log_params(params)
+            run = StageRun(mlflow, stage, older_server(uri))
+            run._call("the pipeline run's status", lambda: client.update_run(parent, "RUNNING"))
+            run._call("the pipeline run's links", lambda: client.log_batch(
+                parent, tags=[RunTag(k, v) for k, v in _links(cfg).items()]))
+            run.artifact(params_file, "lineage")
+            if Path("dvc.lock").is_file():
+                run.artifact("dvc.lock", "lineage")
+            yield run
+        # reached only when the stage succeeded (`pipeline_outcome` marks a failure), after its child run ended
+        if stage == RESULTS_STAGE:
+            run._call("the pipeline run's metrics", lambda: client.log_batch(
+                parent, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in _results(cfg).items()]))
+        run._call("the pipeline run's status", lambda: client.set_terminated(parent, "FINISHED"))
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
