@@ -183,8 +183,7 @@ def fashion():
     from dpt_repro.config import BaseConfig, PrepareConfig
     from dpt_repro.data.sources import FASHION_MNIST_DEBIAN, fashion_mnist
 
-    if not FASHION_MNIST_DEBIAN.is_dir():
-        pytest.skip("Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
+    assert FASHION_MNIST_DEBIAN.is_dir(), "Fashion-MNIST (Debian dataset-fashion-mnist) missing: run `make data`"
     return fashion_mnist(BaseConfig(), PrepareConfig())
 
 
