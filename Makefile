@@ -33,8 +33,12 @@ data:
 repro: setup
 	. $(BIN)/activate && dvc repro
 
+# The suite in TEST_WORKERS processes (pytest-xdist): a test file is one unit of work, and the tests that read the
+# smoke pipeline are one unit (tests/conftest.py), so each expensive fixture is built once; --durations lists the
+# slowest tests, for the next speed-up.
+TEST_WORKERS ?= 2
 test: setup $(OLD_MLFLOW)
-	. $(BIN)/activate && python -m pytest -q
+	. $(BIN)/activate && python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 # An MLflow 2 server for the test of a tracking server of an older major version (its own venv: MLflow 2 and 3
 # cannot share one); its pins in constraints-mlflow2.txt.

@@ -29,6 +29,15 @@ GIT_IDENTITY = {"GIT_AUTHOR_NAME": "dpt-repro tests", "GIT_AUTHOR_EMAIL": "tests
                 "GIT_COMMITTER_NAME": "dpt-repro tests", "GIT_COMMITTER_EMAIL": "tests@dpt-repro.invalid"}
 
 
+def pytest_collection_modifyitems(items):
+    """`make test` runs the suite in worker processes (pytest-xdist, `--dist loadgroup`): each test file is one
+    unit of work, so a file's module fixtures are built once, and every test that reads the smoke pipeline joins
+    one unit, so it is built once."""
+    for item in items:
+        group = "smoke-pipeline" if "smoke_repo" in item.fixturenames else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def sh(args, cwd, env_extra=None, **kw):
     env = {**os.environ, **GIT_IDENTITY, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the repo's own SQLite store, unless a test names a server

@@ -32,6 +32,18 @@ def test_frechet_distance_matches_clean_fid():
     assert fid.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_frechet_distance_of_a_rank_deficient_covariance_matches_the_general_eigensolver():
+    """The pipeline's case: fewer generated images (80) than feature dimensions (2048), so S1 is singular; the
+    trace term from the eigenvalues of S1 S2 by a general eigensolver is the definition."""
+    rng = np.random.default_rng(1)
+    mu1, s1 = fid.statistics(rng.normal(size=(20, 64)))
+    mu2, s2 = fid.statistics(rng.normal(0.2, 0.8, size=(500, 64)) @ rng.normal(size=(64, 64)))
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvals(s1 @ s2).real, 0, None)).sum()
+    definition = (mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt
+    assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(definition, rel=1e-9)
+    assert fid.frechet_distance(mu2, s2, mu1, s1) == pytest.approx(definition, rel=1e-9)
+
+
 def test_fid_is_near_zero_for_identical_sets_and_large_for_shifted(net):
     a = real_like(24, 0)
     fa = fid.extract_features(a, net, batch_size=12)

@@ -254,10 +254,17 @@ def stream_statistics(batches: Iterable[np.ndarray], total: int, extractor: Feat
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """||mu1-mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^1/2), the trace term from the eigenvalues of S1 S2."""
+    """||mu1-mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^1/2). The trace term from symmetric eigendecompositions:
+    with S1 = V W V^T and R = V W^1/2, S1 S2 has the eigenvalues of R^T S2 R, which is symmetric, so LAPACK's
+    divide-and-conquer `eigh` replaces a general eigensolver (the same value; faster at D = 2048:
+    `python benchmarks/frechet.py`). The covariances must be symmetric (only one triangle is read)."""
+    from scipy.linalg import eigh
+
     diff = mu1 - mu2
-    eig = np.linalg.eigvals(sigma1 @ sigma2)
-    tr_sqrt = np.sqrt(np.clip(eig.real, 0, None)).sum()
+    w, v = eigh(sigma1, driver="evd")
+    root = v * np.sqrt(np.clip(w, 0, None))
+    eig = eigh(root.T @ sigma2 @ root, eigvals_only=True, driver="evd")
+    tr_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_sqrt)
 
 
