@@ -38,7 +38,7 @@ repro: setup
 # slowest tests, for the next speed-up.
 TEST_WORKERS ?= 2
 test: setup $(OLD_MLFLOW)
-	. $(BIN)/activate && python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	. $(BIN)/activate && python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 # An MLflow 2 server for the test of a tracking server of an older major version (its own venv: MLflow 2 and 3
 # cannot share one); its pins in constraints-mlflow2.txt.

@@ -29,13 +29,22 @@ GIT_IDENTITY = {"GIT_AUTHOR_NAME": "dpt-repro tests", "GIT_AUTHOR_EMAIL": "tests
                 "GIT_COMMITTER_NAME": "dpt-repro tests", "GIT_COMMITTER_EMAIL": "tests@dpt-repro.invalid"}
 
 
-def pytest_collection_modifyitems(items):
-    """`make test` runs the suite in worker processes (pytest-xdist, `--dist loadgroup`): each test file is one
-    unit of work, so a file's module fixtures are built once, and every test that reads the smoke pipeline joins
-    one unit, so it is built once."""
-    for item in items:
-        group = "smoke-pipeline" if "smoke_repo" in item.fixturenames else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
+SMOKE_READERS = ("test_bad_input.py", "test_pipeline.py")  # the files whose tests read the smoke pipeline
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs the suite in worker processes (pytest-xdist). One test file is one unit of work, so its
+    module fixtures are built once, and the files that read the smoke pipeline are one unit, so it is built once.
+    (xdist's `--dist loadgroup` cannot do this under pytest 9: it renames node ids, which pytest 9 derives.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            name = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            return "smoke-pipeline" if name in SMOKE_READERS else name
+
+    return FileScheduling(config, log)
 
 
 def sh(args, cwd, env_extra=None, **kw):
