@@ -151,3 +151,20 @@ def test_a_corrupt_pseudo_label_table_is_reported(workdir):
     result = runner.invoke(app, ["validate", "pseudo_labels"])
     assert result.exit_code == 2
     assert "corrupt input: pseudo-labels" in one_error_line(result)
+
+
+def test_log_lines_go_to_the_stderr_of_the_moment_after_an_earlier_one_is_closed(monkeypatch):
+    import io
+
+    from dpt_repro import runtime
+
+    monkeypatch.setattr(runtime.log, "handlers", [])
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    runtime.configure_logging()
+    runtime.log.info("first command")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    runtime.configure_logging()
+    runtime.log.info("second command")
+    assert "second command" in second.getvalue() and "Logging error" not in second.getvalue()

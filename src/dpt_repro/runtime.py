@@ -99,11 +99,28 @@ def generator(seed: int, *stream: int):
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at each line, not the one it was made with: a caller that swaps the
+    stream between two commands of one process (a test runner, a notebook, a redirect) and closes the old one
+    would otherwise get "--- Logging error ---" tracebacks for every line of the second command."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging() -> None:
     """INFO lines from this package only; the libraries (GX, MLflow, DVC) stay at WARNING."""
     if log.handlers:
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
